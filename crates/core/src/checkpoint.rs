@@ -1,0 +1,178 @@
+//! Checkpoints as safetensors files.
+//!
+//! Parameters are stored under their PyTorch-style names, so the file also reads as a `state_dict`. The
+//! metadata holds the model spec (`engram.model`), the compile options (`engram.compile`), the optimizer step
+//! and the generator state; optimizer moments are tensors under `__optimizer__/<param>/<slot>`. Writes go to a
+//! temporary file that is renamed over the target, so a crash mid-save leaves the previous file intact.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::Load;
+use candle_core::{Device, Tensor};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+use crate::models::{CompileConfig, Sequential, SequentialConfig};
+use crate::train::Slot;
+
+const FORMAT: &str = "engram.format";
+const MODEL: &str = "engram.model";
+const COMPILE: &str = "engram.compile";
+const STEP: &str = "engram.optimizer.step";
+const RNG: &str = "engram.rng";
+const OPT_PREFIX: &str = "__optimizer__/";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes `bytes` to `path` atomically: a sibling temporary file, flushed to disk, then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file_name = path.file_name().ok_or_else(|| Error::checkpoint(path, "not a file path"))?;
+    let tmp: PathBuf = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl Sequential {
+    /// Saves weights, spec, compile options and optimizer state.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut meta = HashMap::new();
+        meta.insert(FORMAT.to_string(), "1".to_string());
+        meta.insert(MODEL.to_string(), json(self.config())?);
+        let s = self.rng_state();
+        meta.insert(RNG.to_string(), format!("{},{},{},{}", s[0], s[1], s[2], s[3]));
+        let mut tensors: Vec<(String, Tensor)> =
+            self.params().iter().map(|(n, v)| (n.to_string(), v.as_detached_tensor())).collect();
+        if let (Some(spec), Some(opt)) = (self.compile_config(), self.optimizer()) {
+            meta.insert(COMPILE.to_string(), json(spec)?);
+            meta.insert(STEP.to_string(), opt.step.to_string());
+            for ((name, _), slot) in self.params().iter().zip(&opt.slots) {
+                match slot {
+                    Slot::Empty => {}
+                    Slot::Momentum(b) => tensors.push((format!("{OPT_PREFIX}{name}/momentum"), b.clone())),
+                    Slot::Moments { exp_avg, exp_avg_sq } => {
+                        tensors.push((format!("{OPT_PREFIX}{name}/exp_avg"), exp_avg.clone()));
+                        tensors.push((format!("{OPT_PREFIX}{name}/exp_avg_sq"), exp_avg_sq.clone()));
+                    }
+                }
+            }
+        }
+        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+            .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Loads a model saved by [`Sequential::save`], compiled and with its optimizer state if it was saved so.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_on(path, &Device::Cpu)
+    }
+
+    pub fn load_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let (tensors, meta) = parse(path, &bytes, device)?;
+        let config: SequentialConfig = match meta.get(MODEL) {
+            Some(m) => serde_json::from_str(m)
+                .map_err(|e| Error::checkpoint(path, format!("the stored model spec is invalid: {e}")))?,
+            None => {
+                return Err(Error::checkpoint(
+                    path,
+                    "holds no engram model spec (is it a PyTorch state_dict? build the model, then loadWeights)",
+                ));
+            }
+        };
+        let mut model = Sequential::new_on(config, device)?;
+        let weights = host_weights(&tensors, |n| !n.starts_with(OPT_PREFIX))?;
+        model.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        if let Some(c) = meta.get(COMPILE) {
+            let spec: CompileConfig = serde_json::from_str(c)
+                .map_err(|e| Error::checkpoint(path, format!("the stored compile options are invalid: {e}")))?;
+            model.compile(spec)?;
+            let step = meta.get(STEP).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let names: Vec<String> = model.params().iter().map(|(n, _)| n.to_string()).collect();
+            let dtype = model.dtype();
+            if let Some(opt) = model.optimizer_mut() {
+                opt.step = step;
+                for (name, slot) in names.iter().zip(opt.slots.iter_mut()) {
+                    let get = |s: &str| {
+                        tensors.get(&format!("{OPT_PREFIX}{name}/{s}")).map(|t| t.to_dtype(dtype)).transpose()
+                    };
+                    *slot = match (get("momentum")?, get("exp_avg")?, get("exp_avg_sq")?) {
+                        (Some(b), _, _) => Slot::Momentum(b),
+                        (None, Some(m), Some(v)) => Slot::Moments { exp_avg: m, exp_avg_sq: v },
+                        _ => Slot::Empty,
+                    };
+                }
+            }
+        }
+        if let Some(r) = meta.get(RNG) {
+            let parts: Vec<u64> = r.split(',').filter_map(|p| p.parse().ok()).collect();
+            if let [a, b, c, d] = parts[..] {
+                model.set_rng_state([a, b, c, d]);
+            }
+        }
+        Ok(model)
+    }
+
+    /// Loads parameters from a safetensors state dict (a PyTorch `state_dict` saved with
+    /// `safetensors.torch.save_file`, or an engram checkpoint) into this model. `prefix` is stripped from
+    /// the stored names first. Every parameter must be present with its shape; nothing changes otherwise.
+    pub fn load_weights(&mut self, path: impl AsRef<Path>, prefix: &str) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let (tensors, _) = parse(path, &bytes, self.device())?;
+        let stripped: HashMap<String, Tensor> = tensors
+            .into_iter()
+            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t)))
+            .filter(|(n, _)| !n.starts_with(OPT_PREFIX))
+            .collect();
+        let names: Vec<String> = self.params().iter().map(|(n, _)| n.to_string()).collect();
+        let weights = host_weights(&stripped, |n| names.iter().any(|m| m == n))?;
+        self.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::State(format!("cannot serialise the model spec: {e}")))
+}
+
+type Parsed = (HashMap<String, Tensor>, HashMap<String, String>);
+
+fn parse(path: &Path, bytes: &[u8], device: &Device) -> Result<Parsed> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::checkpoint(path, format!("unreadable safetensors header: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        let t = view.load(device).map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))?;
+        tensors.insert(name, t);
+    }
+    Ok((tensors, meta))
+}
+
+fn host_weights(tensors: &HashMap<String, Tensor>, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, HostTensor)>> {
+    let mut out = Vec::new();
+    for (n, t) in tensors {
+        if keep(n) {
+            out.push((n.clone(), HostTensor::from_tensor(t)?));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}

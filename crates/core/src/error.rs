@@ -1,0 +1,64 @@
+//! One error type for the core. Messages name the operation, what was expected and what was found, so that
+//! the binding can hand them to JavaScript unchanged.
+
+use std::path::PathBuf;
+
+/// The broad class of an error: the binding turns these into `TypeError`, `RangeError` or `Error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A value of the wrong type: float data where ids were expected, an unknown layer or option name.
+    Type,
+    /// A value of the right type outside what is allowed: a wrong shape, an id past the vocabulary, NaN.
+    Range,
+    /// Anything else: model state, files, internal failures.
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Wrong type of value (dtype, option type, unknown name).
+    #[error("{0}")]
+    Type(String),
+    /// Wrong shape or rank.
+    #[error("{op}: {what} must have shape {expected}, got {got}")]
+    Shape { op: &'static str, what: String, expected: String, got: String },
+    /// A value outside its allowed range.
+    #[error("{0}")]
+    Range(String),
+    /// The model is not in a state that allows the call (not compiled, ...).
+    #[error("{0}")]
+    State(String),
+    /// A checkpoint or state-dict file that cannot be used.
+    #[error("{path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// An error from candle: a bug in engram if it is ever reached from valid input.
+    #[error("internal tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Type(_) => ErrorKind::Type,
+            Error::Shape { .. } | Error::Range(_) => ErrorKind::Range,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    pub(crate) fn shape(
+        op: &'static str,
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        got: &[usize],
+    ) -> Self {
+        Error::Shape { op, what: what.into(), expected: expected.into(), got: format!("{got:?}") }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Checkpoint { path: path.into(), reason: reason.into() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,21 @@
+//! engram-core: neural memory models with forward and backward passes, on candle.
+//!
+//! The core knows maths and nothing of Node: models are built from JSON-able specs, take and return
+//! [`HostTensor`]s, and report failures as [`Error`]s whose messages name what was expected and found.
+
+pub mod checkpoint;
+pub mod error;
+pub mod host;
+pub mod layers;
+pub mod models;
+pub mod rng;
+pub mod train;
+
+pub use candle_core::{DType, Device, Tensor};
+pub use checkpoint::write_atomic;
+pub use error::{Error, ErrorKind, Result};
+pub use host::{HostData, HostTensor};
+pub use layers::{Activation, DenseSpec, DropoutSpec, EmbeddingSpec, LayerSpec, LstmSpec};
+pub use models::{CompileConfig, InitialState, Precision, Sequential, SequentialConfig, StepOutput};
+pub use rng::Rng;
+pub use train::{CrossEntropySpec, LossSpec, MseSpec, OptimizerKind, OptimizerSpec};

@@ -1,0 +1,246 @@
+//! Optimizers with PyTorch's update rules, step for step (`torch.optim.SGD`, `Adam`, `AdamW`, single-tensor
+//! path), and gradient clipping by global norm (`clip_grad_norm_`) or by value (`clip_grad_value_`).
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    #[serde(rename = "adamw")]
+    AdamW,
+}
+
+/// What the user asks for; unset fields take the defaults of the chosen optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OptimizerSpec {
+    #[serde(rename = "type")]
+    pub kind: OptimizerKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dampening: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_value: Option<f64>,
+}
+
+impl OptimizerSpec {
+    pub fn new(kind: OptimizerKind, learning_rate: f64) -> Self {
+        OptimizerSpec {
+            kind,
+            learning_rate: Some(learning_rate),
+            momentum: None,
+            dampening: None,
+            nesterov: None,
+            beta1: None,
+            beta2: None,
+            epsilon: None,
+            weight_decay: None,
+            clip_norm: None,
+            clip_value: None,
+        }
+    }
+}
+
+/// The resolved settings, every default filled in and every value checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerConfig {
+    pub kind: OptimizerKind,
+    pub learning_rate: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+    pub clip_norm: Option<f64>,
+    pub clip_value: Option<f64>,
+}
+
+impl OptimizerConfig {
+    pub fn from_spec(s: &OptimizerSpec) -> Result<Self> {
+        let name = match s.kind {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
+        };
+        let is_sgd = s.kind == OptimizerKind::Sgd;
+        let misplaced: &[(&str, bool)] = if is_sgd {
+            &[("beta1", s.beta1.is_some()), ("beta2", s.beta2.is_some()), ("epsilon", s.epsilon.is_some())]
+        } else {
+            &[
+                ("momentum", s.momentum.is_some()),
+                ("dampening", s.dampening.is_some()),
+                ("nesterov", s.nesterov.is_some()),
+            ]
+        };
+        if let Some((field, _)) = misplaced.iter().find(|(_, set)| *set) {
+            return Err(Error::Type(format!("optimizer {name} has no option {field}")));
+        }
+        let c = OptimizerConfig {
+            kind: s.kind,
+            learning_rate: s.learning_rate.unwrap_or(if is_sgd { 0.01 } else { 0.001 }),
+            momentum: s.momentum.unwrap_or(0.0),
+            dampening: s.dampening.unwrap_or(0.0),
+            nesterov: s.nesterov.unwrap_or(false),
+            beta1: s.beta1.unwrap_or(0.9),
+            beta2: s.beta2.unwrap_or(0.999),
+            epsilon: s.epsilon.unwrap_or(1e-8),
+            weight_decay: s.weight_decay.unwrap_or(if s.kind == OptimizerKind::AdamW { 0.01 } else { 0.0 }),
+            clip_norm: s.clip_norm,
+            clip_value: s.clip_value,
+        };
+        let range = |what: &str, v: f64, ok: bool, want: &str| -> Result<()> {
+            if ok && v.is_finite() {
+                Ok(())
+            } else {
+                Err(Error::Range(format!("optimizer {name}: {what} must be {want}, got {v}")))
+            }
+        };
+        range("learningRate", c.learning_rate, c.learning_rate >= 0.0, ">= 0")?;
+        range("momentum", c.momentum, c.momentum >= 0.0, ">= 0")?;
+        range("dampening", c.dampening, (0.0..=1.0).contains(&c.dampening), "in [0, 1]")?;
+        range("beta1", c.beta1, (0.0..1.0).contains(&c.beta1), "in [0, 1)")?;
+        range("beta2", c.beta2, (0.0..1.0).contains(&c.beta2), "in [0, 1)")?;
+        range("epsilon", c.epsilon, c.epsilon > 0.0, "> 0")?;
+        range("weightDecay", c.weight_decay, c.weight_decay >= 0.0, ">= 0")?;
+        if let Some(v) = c.clip_norm {
+            range("clipNorm", v, v > 0.0, "> 0")?;
+        }
+        if let Some(v) = c.clip_value {
+            range("clipValue", v, v > 0.0, "> 0")?;
+        }
+        if c.nesterov && (c.momentum <= 0.0 || c.dampening != 0.0) {
+            return Err(Error::Range("optimizer sgd: nesterov needs momentum > 0 and dampening 0".into()));
+        }
+        Ok(c)
+    }
+}
+
+/// Per-parameter state: the momentum buffer (SGD) or the two moments (Adam, AdamW).
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Empty,
+    Momentum(Tensor),
+    Moments { exp_avg: Tensor, exp_avg_sq: Tensor },
+}
+
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    pub config: OptimizerConfig,
+    pub step: u64,
+    pub slots: Vec<Slot>,
+}
+
+impl Optimizer {
+    pub fn new(config: OptimizerConfig, n_params: usize) -> Self {
+        Optimizer { config, step: 0, slots: vec![Slot::Empty; n_params] }
+    }
+
+    /// Clips `grads` in place as configured and returns the global gradient norm before clipping.
+    pub fn clip(&self, grads: &mut [Tensor]) -> Result<f64> {
+        if let Some(v) = self.config.clip_value {
+            for g in grads.iter_mut() {
+                *g = g.clamp(-v, v)?;
+            }
+        }
+        let mut sq = 0.0f64;
+        for g in grads.iter() {
+            sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        }
+        let norm = sq.sqrt();
+        if let Some(max) = self.config.clip_norm {
+            // As clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+            let coef = max / (norm + 1e-6);
+            if coef < 1.0 {
+                for g in grads.iter_mut() {
+                    *g = g.affine(coef, 0.0)?;
+                }
+            }
+        }
+        Ok(norm)
+    }
+
+    /// Applies one update to `params` from (already clipped) `grads`.
+    pub fn step(&mut self, params: &[&Var], grads: &[Tensor]) -> Result<()> {
+        if params.len() != self.slots.len() || grads.len() != params.len() {
+            return Err(Error::State(format!(
+                "optimizer: {} slots for {} parameters and {} gradients",
+                self.slots.len(),
+                params.len(),
+                grads.len()
+            )));
+        }
+        self.step += 1;
+        let c = self.config.clone();
+        for ((var, grad), slot) in params.iter().zip(grads).zip(self.slots.iter_mut()) {
+            let p = var.as_detached_tensor();
+            let new = match c.kind {
+                OptimizerKind::Sgd => sgd(&c, &p, grad, slot)?,
+                OptimizerKind::Adam | OptimizerKind::AdamW => adam(&c, self.step, &p, grad, slot)?,
+            };
+            var.set(&new)?;
+        }
+        Ok(())
+    }
+}
+
+fn sgd(c: &OptimizerConfig, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<Tensor> {
+    let mut g = grad.clone();
+    if c.weight_decay != 0.0 {
+        g = g.add(&p.affine(c.weight_decay, 0.0)?)?;
+    }
+    if c.momentum != 0.0 {
+        let buf = match slot {
+            Slot::Momentum(b) => b.affine(c.momentum, 0.0)?.add(&g.affine(1.0 - c.dampening, 0.0)?)?,
+            _ => g.clone(),
+        };
+        g = if c.nesterov { g.add(&buf.affine(c.momentum, 0.0)?)? } else { buf.clone() };
+        *slot = Slot::Momentum(buf);
+    }
+    Ok(p.sub(&g.affine(c.learning_rate, 0.0)?)?)
+}
+
+fn adam(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<Tensor> {
+    let mut p = p.clone();
+    let mut g = grad.clone();
+    if c.kind == OptimizerKind::AdamW {
+        p = p.affine(1.0 - c.learning_rate * c.weight_decay, 0.0)?;
+    } else if c.weight_decay != 0.0 {
+        g = g.add(&p.affine(c.weight_decay, 0.0)?)?;
+    }
+    let (m, v) = match slot {
+        Slot::Moments { exp_avg, exp_avg_sq } => (exp_avg.clone(), exp_avg_sq.clone()),
+        _ => (g.zeros_like()?, g.zeros_like()?),
+    };
+    // PyTorch writes the first moment as a lerp: m + (1 - beta1) (g - m).
+    let m = m.add(&g.sub(&m)?.affine(1.0 - c.beta1, 0.0)?)?;
+    let v = v.affine(c.beta2, 0.0)?.add(&g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
+    let bc1 = 1.0 - c.beta1.powf(step as f64);
+    let bc2 = 1.0 - c.beta2.powf(step as f64);
+    let step_size = c.learning_rate / bc1;
+    let denom = v.sqrt()?.affine(1.0 / bc2.sqrt(), c.epsilon)?;
+    let new = p.sub(&m.div(&denom)?.affine(step_size, 0.0)?)?;
+    *slot = Slot::Moments { exp_avg: m, exp_avg_sq: v };
+    Ok(new)
+}
