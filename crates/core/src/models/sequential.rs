@@ -280,16 +280,14 @@ impl Sequential {
         ctx: &mut ForwardCtx,
     ) -> Result<Tensor> {
         let mut h = x.clone();
-        let mut offset = 0;
+        // Layers hold indices into the whole parameter list (see `Builder`), so each gets all of `p`.
         for (i, node) in self.nodes.iter().enumerate() {
-            let local = &p[offset..offset + node.n_params];
             h = match &node.layer {
-                Layer::Embedding(e) => e.forward(&h, local)?,
-                Layer::Dense(d) => d.forward(&h, local)?,
-                Layer::Lstm(l) => l.forward(&h, states.get(&i), local, ctx)?,
+                Layer::Embedding(e) => e.forward(&h, p)?,
+                Layer::Dense(d) => d.forward(&h, p)?,
+                Layer::Lstm(l) => l.forward(&h, states.get(&i), p, ctx)?,
                 Layer::Dropout(d) => d.forward(&h, ctx)?,
             };
-            offset += node.n_params;
         }
         Ok(h)
     }

@@ -1,0 +1,153 @@
+"""Writes the PyTorch reference values that crates/core/tests/parity.rs compares engram against.
+
+Run from the repository root (CPU only, deterministic; needs torch and safetensors):
+
+    .venv/bin/python scripts/make-fixtures.py
+
+It writes, in float32 as PyTorch computes by default:
+
+- crates/core/tests/fixtures/lstm_parity.safetensors: embedding(11, 8) -> LSTM(8, 16, 2 layers) -> Linear(16, 11),
+  cross-entropy over every step with one target equal to the ignore index (-100). Holds the inputs, the initial
+  weights under engram's names (`0.weight`, `1.weight_ih_l0`, ..., `2.bias`, so `load_weights(path, "")` reads
+  them), the logits, the loss, every gradient (`grad.<name>`), and the weights after one step of each optimizer
+  from the initial weights (`sgd.<name>`, `adam1.<name>`, `adam2.<name>` after two steps on the same batch,
+  `adamw.<name>`, `clip.<name>` for SGD after clip_grad_norm_, with the norm before clipping in `clip.grad_norm`).
+- crates/core/tests/fixtures/lstm_mse_parity.safetensors: LSTM(4, 6) on float input, last step -> Linear(6, 3),
+  mean squared error; inputs, weights, output, loss and gradients.
+
+The settings below are repeated in parity.rs; change both together.
+"""
+
+import copy
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+OUT = Path(__file__).resolve().parent.parent / "crates" / "core" / "tests" / "fixtures"
+IGNORE = -100
+
+
+class LstmClassifier(nn.Module):
+    """embedding -> lstm (every step) -> linear, as the engram Sequential [embedding, lstm, dense]."""
+
+    def __init__(self, vocab, dim, hidden, layers):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.lstm = nn.LSTM(dim, hidden, num_layers=layers, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+        self.engram_names = [("0", self.emb), ("1", self.lstm), ("2", self.out)]
+
+    def forward(self, ids):
+        h, _ = self.lstm(self.emb(ids))  # [batch, seq_len, hidden]
+        return self.out(h)  # [batch, seq_len, vocab]
+
+
+class LstmRegressor(nn.Module):
+    """lstm (last step) -> linear, as the engram Sequential [lstm, dense]."""
+
+    def __init__(self, inp, hidden, out):
+        super().__init__()
+        self.lstm = nn.LSTM(inp, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, out)
+        self.engram_names = [("0", self.lstm), ("1", self.out)]
+
+    def forward(self, x):
+        h, _ = self.lstm(x)
+        return self.out(h[:, -1])  # [batch, out]
+
+
+def named_params(model):
+    """(engram name, parameter) in the order engram creates them."""
+    return [(f"{prefix}.{n}", p) for prefix, m in model.engram_names for n, p in m.named_parameters()]
+
+
+def snapshot(model, tag=None):
+    key = (lambda n: n) if tag is None else (lambda n: f"{tag}.{n}")
+    return {key(n): p.detach().clone().contiguous() for n, p in named_params(model)}
+
+
+def run_steps(model, make_optimizer, loss_fn, steps, clip_norm=None):
+    """Copies `model`, takes `steps` optimizer steps on the same batch, returns the copy and the last grad norm."""
+    model = copy.deepcopy(model)
+    opt = make_optimizer([p for _, p in named_params(model)])
+    norm = None
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model).backward()
+        if clip_norm is not None:
+            norm = nn.utils.clip_grad_norm_([p for _, p in named_params(model)], clip_norm)
+        opt.step()
+    return model, norm
+
+
+def lstm_parity():
+    torch.manual_seed(0)
+    model = LstmClassifier(vocab=11, dim=8, hidden=16, layers=2)
+    ids = torch.randint(0, 11, (3, 5))
+    targets = torch.randint(0, 11, (3, 5))
+    targets[1, 2] = IGNORE
+
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE)
+
+    def loss_fn(m):
+        return criterion(m(ids).reshape(-1, 11), targets.reshape(-1))
+
+    logits = model(ids)
+    loss = criterion(logits.reshape(-1, 11), targets.reshape(-1))
+    loss.backward()
+
+    t = {
+        "input": ids.to(torch.int32),
+        "target": targets.to(torch.int32),
+        "logits": logits.detach(),
+        "loss": loss.detach().reshape(1),
+    }
+    t.update(snapshot(model))
+    t.update({f"grad.{n}": p.grad.detach().clone() for n, p in named_params(model)})
+    model.zero_grad()
+
+    # foreach=False: the single-tensor update path, which engram follows step for step.
+    optimizers = {
+        "sgd": (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, foreach=False), 1),
+        "adam1": (lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.001, foreach=False), 1),
+        "adam2": (lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.001, foreach=False), 2),
+        "adamw": (lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, foreach=False), 1),
+    }
+    for tag, (make, steps) in optimizers.items():
+        stepped, _ = run_steps(model, make, loss_fn, steps)
+        t.update(snapshot(stepped, tag))
+
+    clipped, norm = run_steps(model, lambda ps: torch.optim.SGD(ps, lr=0.1, foreach=False), loss_fn, 1, clip_norm=0.05)
+    t.update(snapshot(clipped, "clip"))
+    t["clip.grad_norm"] = norm.detach().reshape(1)
+    return t
+
+
+def lstm_mse_parity():
+    torch.manual_seed(1)
+    model = LstmRegressor(inp=4, hidden=6, out=3)
+    x = torch.randn(2, 7, 4)
+    y = torch.randn(2, 3)
+    out = model(x)
+    loss = nn.functional.mse_loss(out, y)
+    loss.backward()
+    t = {"input": x, "target": y, "output": out.detach(), "loss": loss.detach().reshape(1)}
+    t.update(snapshot(model))
+    t.update({f"grad.{n}": p.grad.detach().clone() for n, p in named_params(model)})
+    return t
+
+
+def save(name, tensors):
+    meta = {"generator": "scripts/make-fixtures.py", "torch": torch.__version__}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / name), metadata=meta)
+    print(f"wrote {OUT / name} ({(OUT / name).stat().st_size} bytes, {len(tensors)} tensors)")
+
+
+if __name__ == "__main__":
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    save("lstm_parity.safetensors", lstm_parity())
+    save("lstm_mse_parity.safetensors", lstm_mse_parity())
