@@ -237,8 +237,9 @@ impl Sequential {
 
     /// Validates the input and makes it a tensor on the model's device.
     fn input_tensor(&self, x: &HostTensor) -> Result<Tensor> {
-        if x.shape.first().copied().unwrap_or(0) == 0 {
-            return Err(Error::shape("input", "x", "[batch >= 1, ...]", &x.shape));
+        // An empty axis anywhere (not only the batch) would reach the losses as a zero-length sequence.
+        if x.shape.is_empty() || x.shape.contains(&0) {
+            return Err(Error::shape("input", "x", "[batch >= 1, ...] with no empty axis", &x.shape));
         }
         match self.input_flow() {
             Flow::Ids { vocab_size } => {
