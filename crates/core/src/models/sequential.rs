@@ -219,6 +219,11 @@ impl Sequential {
         self.compiled.as_ref().map_or(0, |c| c.optimizer.step)
     }
 
+    /// The compiled optimizer's current learning rate.
+    pub fn learning_rate(&self) -> Option<f64> {
+        self.compiled.as_ref().map(|c| c.optimizer.config.learning_rate)
+    }
+
     /// Changes the learning rate of the compiled optimizer (for schedules).
     pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {

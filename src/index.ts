@@ -1,0 +1,30 @@
+/**
+ * engram: neural memory for Node.js. Build sequence models from layer specs, train them at native speed off
+ * the event loop, and exchange weights with PyTorch.
+ *
+ * ```ts
+ * import { sequential, layers, optimizers, tensor } from 'engram';
+ * ```
+ * @module
+ */
+
+export { layers } from './layers.js';
+export type { Activation, DenseSpec, DropoutSpec, EmbeddingSpec, LayerBase, LayerSpec, LstmSpec } from './layers.js';
+export { optimizers } from './optimizers.js';
+export type { AdamOptions, ClipOptions, OptimizerSpec, SgdOptions } from './optimizers.js';
+export { Model, load, sequential } from './model.js';
+export type {
+  CompileOptions,
+  InitialStates,
+  LossSpec,
+  ModelConfig,
+  PredictOptions,
+  SequentialOptions,
+  StepOptions,
+  StepResult,
+} from './model.js';
+export type { FitOptions } from './fit.js';
+export type { Callbacks, History, Logs } from './callbacks.js';
+export { dtypeOf, tensor } from './tensor.js';
+export type { DType, Tensor, TensorData } from './tensor.js';
+export * as datasets from './datasets/index.js';

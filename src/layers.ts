@@ -1,0 +1,78 @@
+/**
+ * Layer specs: plain, JSON-able descriptions the native core builds layers from. Parameter names follow
+ * PyTorch's modules, prefixed by the layer's index in the model (as `nn.Sequential` does) or by `name`.
+ * @module
+ */
+
+/** Options every layer takes. */
+export interface LayerBase {
+  /** Prefix of the layer's parameter names; defaults to its index in the model. No dots. */
+  name?: string;
+}
+
+/** Token embedding, as `nn.Embedding` (`weight [vocabSize, dim]`, N(0, 1) init). Must be the first layer. */
+export interface EmbeddingSpec extends LayerBase {
+  type: 'embedding';
+  /** Number of distinct token ids; ids must be in `[0, vocabSize)`. */
+  vocabSize: number;
+  /** Size of each embedding vector. */
+  dim: number;
+}
+
+/** Activation applied after a dense layer's affine map. */
+export type Activation = 'linear' | 'relu' | 'tanh' | 'sigmoid';
+
+/** Fully connected layer on the last axis, as `nn.Linear` (`weight [units, in]`, `bias [units]`). */
+export interface DenseSpec extends LayerBase {
+  type: 'dense';
+  /** Output features. */
+  units: number;
+  /** Input features; only for a first layer (otherwise inferred). */
+  inputSize?: number;
+  /** Whether to add a bias (default true). */
+  useBias?: boolean;
+  /** Default `'linear'` (none). */
+  activation?: Activation;
+}
+
+/**
+ * Stacked LSTM, batch-first, as `nn.LSTM(batch_first=True)`: parameters `weight_ih_l{k}`, `weight_hh_l{k}`,
+ * `bias_ih_l{k}`, `bias_hh_l{k}`, gate order i, f, g, o. Input `[batch, seqLen, features]`.
+ */
+export interface LstmSpec extends LayerBase {
+  type: 'lstm';
+  /** Size of the hidden and cell state. */
+  hiddenSize: number;
+  /** Stacked layers (default 1). */
+  numLayers?: number;
+  /** Return every step `[batch, seqLen, hiddenSize]` (true) or only the last `[batch, hiddenSize]` (default). */
+  returnSequences?: boolean;
+  /** Dropout on the outputs of every stacked layer but the last, in training (default 0). */
+  dropout?: number;
+  /** Input features; only for a first layer (otherwise inferred). */
+  inputSize?: number;
+}
+
+/** Inverted dropout: zeroes values with probability `rate` in training, identity otherwise. */
+export interface DropoutSpec extends LayerBase {
+  type: 'dropout';
+  /** Probability of zeroing each value, in [0, 1). */
+  rate: number;
+}
+
+/** Any layer spec. */
+export type LayerSpec = EmbeddingSpec | DenseSpec | LstmSpec | DropoutSpec;
+
+type Options<T> = Omit<T, 'type'>;
+
+/** Builders for layer specs, to pass to {@link sequential}. */
+export const layers = {
+  /** Token embedding; see {@link EmbeddingSpec}. */
+  embedding: (options: Options<EmbeddingSpec>): EmbeddingSpec => ({ type: 'embedding', ...options }),
+  /** Fully connected layer; see {@link DenseSpec}. */
+  dense: (options: Options<DenseSpec>): DenseSpec => ({ type: 'dense', ...options }),
+  /** Stacked LSTM; see {@link LstmSpec}. */
+  lstm: (options: Options<LstmSpec>): LstmSpec => ({ type: 'lstm', ...options }),
+  /** Dropout; see {@link DropoutSpec}. */
+  dropout: (options: Options<DropoutSpec>): DropoutSpec => ({ type: 'dropout', ...options }),
+};

@@ -1,0 +1,343 @@
+import { Model as NativeModel, loadModel, type JsState } from './native.js';
+import { native, nativeAsync } from './errors.js';
+import type { LayerSpec } from './layers.js';
+import type { OptimizerSpec } from './optimizers.js';
+import { checkTensor, describe, sliceRows, type Tensor, type TensorData } from './tensor.js';
+import { fit, type FitOptions } from './fit.js';
+import type { History } from './callbacks.js';
+import { batchRanges } from './batching.js';
+
+/** A loss: `'crossEntropy'` on logits with int32 class ids, or `'mse'` with float targets. */
+export type LossSpec = 'crossEntropy' | 'mse' | { type: 'crossEntropy'; ignoreIndex?: number } | { type: 'mse' };
+
+/** Options of {@link Model.compile}. */
+export interface CompileOptions {
+  /** From {@link optimizers}, e.g. `optimizers.adam({ learningRate: 2e-3, clipNorm: 5 })`. */
+  optimizer: OptimizerSpec;
+  /**
+   * `crossEntropy` takes logits `[batch, classes]` with ids `[batch]`, or `[batch, seqLen, classes]` with ids
+   * `[batch, seqLen]` (every step) or `[batch]` (last step); ids equal to `ignoreIndex` (default -100) are
+   * left out of the mean. `mse` takes float targets of the output's shape, or `[batch, features]` for the last
+   * step of a sequence.
+   */
+  loss: LossSpec;
+}
+
+/** Options of {@link sequential}. */
+export interface SequentialOptions {
+  /** Seeds the initial weights and dropout masks: the same seed gives the same run. Default: random. */
+  seed?: number;
+  /** `float32` (default) or `float64`. */
+  dtype?: 'float32' | 'float64';
+}
+
+/** Initial states for recurrent layers, keyed by layer name (or index as a string). */
+export type InitialStates = Record<string, { h: Tensor; c: Tensor }>;
+
+/** Options of {@link Model.trainStep}. */
+export interface StepOptions {
+  /** Initial `h`/`c` (`[numLayers, batch, hiddenSize]`) per recurrent layer; zeros otherwise. */
+  initialState?: InitialStates;
+}
+
+/** Options of {@link Model.predict} and {@link Model.evaluate}. */
+export interface PredictOptions extends StepOptions {
+  /** Rows per native call (default 128); results are the same whatever the size. */
+  batchSize?: number;
+}
+
+/** What {@link Model.trainStep} resolves to. */
+export interface StepResult {
+  /** The batch's loss before the update. */
+  loss: number;
+  /** The global L2 norm of the gradients before clipping. */
+  gradNorm: number;
+}
+
+/** The spec a model was built from. */
+export interface ModelConfig {
+  layers: LayerSpec[];
+  seed: number;
+  dtype: 'float32' | 'float64';
+}
+
+function toNative(t: Tensor) {
+  return { data: t.data, shape: [...t.shape] };
+}
+
+function statesToNative(states: InitialStates | undefined): JsState[] | undefined {
+  if (states === undefined) return undefined;
+  if (typeof states !== 'object' || states === null) {
+    throw new TypeError(`initialState must be an object keyed by layer name, got ${describe(states)}`);
+  }
+  return Object.entries(states).map(([layer, s]) => ({
+    layer,
+    h: toNative(checkTensor(`initialState.${layer}.h`, s?.h)),
+    c: toNative(checkTensor(`initialState.${layer}.c`, s?.c)),
+  }));
+}
+
+function positiveInt(what: string, v: unknown, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) {
+    throw new RangeError(`${what} must be a positive integer, got ${String(v)}`);
+  }
+  return v;
+}
+
+/**
+ * A trainable model. Calls on one model run one at a time in the order they were made: a second
+ * `trainStep` made while one runs waits for it (they queue). Heavy calls run off the event loop.
+ */
+export class Model {
+  #native: NativeModel;
+  #queue: Promise<unknown> = Promise.resolve();
+  #disposed = false;
+  /** Set to true (e.g. from a callback) to stop `fit` after the current batch. */
+  stopTraining = false;
+
+  /** @internal Use {@link sequential} or {@link load}. */
+  constructor(handle: NativeModel) {
+    this.#native = handle;
+  }
+
+  #check(op: string): NativeModel {
+    if (this.#disposed) throw new Error(`${op}: the model has been disposed`);
+    return this.#native;
+  }
+
+  /** Runs `f` after every call made before it has finished. */
+  #enqueue<T>(op: string, f: (m: NativeModel) => Promise<T>): Promise<T> {
+    const run = async () => nativeAsync(() => f(this.#check(op)));
+    const p = this.#queue.then(run, run);
+    this.#queue = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Sets the optimizer and loss; resets the optimizer state. */
+  compile(options: CompileOptions): void {
+    const m = this.#check('compile');
+    if (typeof options !== 'object' || options === null) {
+      throw new TypeError(`compile: options must be { optimizer, loss }, got ${describe(options)}`);
+    }
+    const { optimizer, loss, ...rest } = options;
+    const extra = Object.keys(rest);
+    if (extra.length > 0) throw new TypeError(`compile: unknown option ${extra.join(', ')}`);
+    if (typeof optimizer !== 'object' || optimizer === null) {
+      throw new TypeError('compile: optimizer is required, e.g. optimizers.adam({ learningRate: 1e-3 })');
+    }
+    if (loss === undefined) throw new TypeError("compile: loss is required: 'crossEntropy' or 'mse'");
+    const lossSpec = typeof loss === 'string' ? { type: loss } : loss;
+    native(() => m.compile(JSON.stringify({ optimizer, loss: lossSpec })));
+  }
+
+  /** One forward pass, loss, backward pass and optimizer update on a batch, off the event loop. */
+  trainStep(x: Tensor, y: Tensor, options: StepOptions = {}): Promise<StepResult> {
+    const xs = toNative(checkTensor('x', x));
+    const ys = toNative(checkTensor('y', y));
+    const states = statesToNative(options.initialState);
+    return this.#enqueue('trainStep', (m) => m.trainStep(xs, ys, states));
+  }
+
+  /** The model's output (inference mode: no dropout), computed in batches off the event loop. */
+  async predict(x: Tensor, options: PredictOptions = {}): Promise<Tensor> {
+    checkTensor('x', x);
+    const batchSize = positiveInt('predict: batchSize', options.batchSize, 128);
+    const n = x.shape[0] ?? 0;
+    if (n === 0) throw new RangeError('predict: x has no rows');
+    const outs: Tensor[] = [];
+    for (const [s, e] of batchRanges(n, batchSize)) {
+      const xs = toNative(sliceRows(x, s, e));
+      const states = statesToNative(sliceStates(options.initialState, s, e));
+      outs.push(await this.#enqueue('predict', (m) => m.predict(xs, states)));
+    }
+    return concatRows(outs);
+  }
+
+  /** The compiled loss on `x`, `y` in inference mode, averaged over batches weighted by their rows. */
+  async evaluate(x: Tensor, y: Tensor, options: PredictOptions = {}): Promise<number> {
+    checkTensor('x', x);
+    checkTensor('y', y);
+    const batchSize = positiveInt('evaluate: batchSize', options.batchSize, 128);
+    const n = x.shape[0] ?? 0;
+    if (n !== (y.shape[0] ?? 0)) {
+      throw new RangeError(`evaluate: x and y must have the same batch size, got ${n} and ${y.shape[0] ?? 0}`);
+    }
+    if (n === 0) throw new RangeError('evaluate: x has no rows');
+    let total = 0;
+    for (const [s, e] of batchRanges(n, batchSize)) {
+      const xs = toNative(sliceRows(x, s, e));
+      const ys = toNative(sliceRows(y, s, e));
+      const states = statesToNative(sliceStates(options.initialState, s, e));
+      const r = await this.#enqueue('evaluate', (m) => m.evaluate(xs, ys, states));
+      total += r.loss * (e - s);
+    }
+    return total / n;
+  }
+
+  /**
+   * Trains for `epochs` passes over `x`, `y` in batches, with optional validation and callbacks; resolves
+   * to the {@link History}. The event loop stays free between and during steps.
+   */
+  fit(x: Tensor, y: Tensor, options: FitOptions = {}): Promise<History> {
+    this.#check('fit');
+    return fit(this, x, y, options);
+  }
+
+  /** Every parameter by its PyTorch-style name, copied out. */
+  getWeights(): Record<string, Tensor> {
+    const m = this.#check('getWeights');
+    const out: Record<string, Tensor> = {};
+    for (const w of native(() => m.getWeights())) out[w.name] = w.tensor as Tensor;
+    return out;
+  }
+
+  /**
+   * Replaces parameters by name. With `strict` (default) every parameter must be given; in any case unknown
+   * names and wrong shapes are errors, and nothing changes unless every check passes.
+   */
+  setWeights(weights: Record<string, Tensor>, options: { strict?: boolean } = {}): void {
+    const m = this.#check('setWeights');
+    if (typeof weights !== 'object' || weights === null) {
+      throw new TypeError(`setWeights: weights must be a record of tensors, got ${describe(weights)}`);
+    }
+    const list = Object.entries(weights).map(([name, t]) => ({ name, tensor: toNative(checkTensor(`weights.${name}`, t)) }));
+    native(() => m.setWeights(list, options.strict ?? true));
+  }
+
+  /**
+   * Loads a safetensors state dict (for instance a PyTorch `state_dict` saved with
+   * `safetensors.torch.save_file`) into this model; `prefix` is stripped from the stored names first.
+   */
+  loadWeights(path: string, options: { prefix?: string } = {}): Promise<void> {
+    if (typeof path !== 'string') throw new TypeError(`loadWeights: path must be a string, got ${describe(path)}`);
+    return this.#enqueue('loadWeights', (m) => m.loadWeights(path, options.prefix ?? ''));
+  }
+
+  /** Writes weights, spec, compile options and optimizer state to a safetensors file, atomically. */
+  save(path: string): Promise<void> {
+    if (typeof path !== 'string') throw new TypeError(`save: path must be a string, got ${describe(path)}`);
+    return this.#enqueue('save', (m) => m.save(path));
+  }
+
+  /** Prints and returns a table of the layers, their output shapes and parameter counts. */
+  summary(options: { print?: boolean } = {}): string {
+    const m = this.#check('summary');
+    const s = native(() => m.summary());
+    if (options.print ?? true) console.log(s);
+    return s;
+  }
+
+  /** The spec the model was built from. */
+  get config(): ModelConfig {
+    const m = this.#check('config');
+    return JSON.parse(native(() => m.configJson())) as ModelConfig;
+  }
+
+  /** Total number of trainable values. */
+  get paramCount(): number {
+    return native(() => this.#check('paramCount').paramCount());
+  }
+
+  /** The compiled optimizer's learning rate (undefined before compile). Settable, e.g. for schedules. */
+  get learningRate(): number | undefined {
+    return native(() => this.#check('learningRate').getLearningRate()) ?? undefined;
+  }
+
+  set learningRate(lr: number) {
+    const m = this.#check('learningRate');
+    native(() => m.setLearningRate(lr));
+  }
+
+  /** Optimizer steps taken since compile. */
+  get step(): number {
+    return native(() => this.#check('step').stepCount());
+  }
+
+  /** Whether {@link Model.dispose} was called. */
+  get isDisposed(): boolean {
+    return this.#disposed;
+  }
+
+  /**
+   * Frees the native weights once queued calls finish. Calls made after it fail with a clear error; calling
+   * it twice is harmless.
+   */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    const handle = this.#native;
+    this.#queue = this.#queue.then(() => handle.dispose()).catch(() => undefined);
+  }
+}
+
+function sliceStates(states: InitialStates | undefined, s: number, e: number): InitialStates | undefined {
+  if (states === undefined) return undefined;
+  const out: InitialStates = {};
+  for (const [k, v] of Object.entries(states)) {
+    out[k] = { h: sliceAxis1(checkTensor(`initialState.${k}.h`, v?.h), s, e), c: sliceAxis1(checkTensor(`initialState.${k}.c`, v?.c), s, e) };
+  }
+  return out;
+}
+
+/** States are `[numLayers, batch, hidden]`: batching slices their second axis. */
+function sliceAxis1(t: Tensor, s: number, e: number): Tensor {
+  if (t.shape.length !== 3) return t;
+  const [l, b, h] = t.shape as [number, number, number];
+  if (b < e) return t;
+  const Ctor = t.data.constructor as new (n: number) => TensorData;
+  const out = new Ctor(l * (e - s) * h);
+  for (let k = 0; k < l; k++) out.set(t.data.subarray((k * b + s) * h, (k * b + e) * h), k * (e - s) * h);
+  return { data: out, shape: [l, e - s, h] };
+}
+
+function concatRows(parts: Tensor[]): Tensor {
+  const first = parts[0];
+  if (first === undefined) throw new RangeError('no rows');
+  if (parts.length === 1) return first;
+  const total = parts.reduce((a, p) => a + p.data.length, 0);
+  const Ctor = first.data.constructor as new (n: number) => TensorData;
+  const out = new Ctor(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p.data, o);
+    o += p.data.length;
+  }
+  const rows = parts.reduce((a, p) => a + (p.shape[0] ?? 0), 0);
+  return { data: out, shape: [rows, ...first.shape.slice(1)] };
+}
+
+/**
+ * Builds a model from a list of layer specs; each layer infers its input size from the one before.
+ *
+ * ```ts
+ * const model = sequential([
+ *   layers.embedding({ vocabSize: 65, dim: 32 }),
+ *   layers.lstm({ hiddenSize: 128, numLayers: 2, returnSequences: true }),
+ *   layers.dense({ units: 65 }),
+ * ], { seed: 7 });
+ * ```
+ */
+export function sequential(layerSpecs: LayerSpec[], options: SequentialOptions = {}): Model {
+  if (!Array.isArray(layerSpecs)) {
+    throw new TypeError(`sequential: layers must be an array of layer specs, got ${describe(layerSpecs)}`);
+  }
+  const { seed, dtype, ...rest } = options;
+  const extra = Object.keys(rest);
+  if (extra.length > 0) throw new TypeError(`sequential: unknown option ${extra.join(', ')}`);
+  if (seed !== undefined && (!Number.isSafeInteger(seed) || seed < 0)) {
+    throw new RangeError(`sequential: seed must be a non-negative safe integer, got ${String(seed)}`);
+  }
+  const spec = {
+    layers: layerSpecs,
+    seed: seed ?? Math.floor(Math.random() * 2 ** 32),
+    dtype: dtype ?? 'float32',
+  };
+  return new Model(native(() => NativeModel.create(JSON.stringify(spec))));
+}
+
+/** Loads a model saved with {@link Model.save}: weights, spec, and (if it was compiled) optimizer state. */
+export async function load(path: string): Promise<Model> {
+  if (typeof path !== 'string') throw new TypeError(`load: path must be a string, got ${describe(path)}`);
+  return new Model(await nativeAsync(() => loadModel(path)));
+}

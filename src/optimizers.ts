@@ -1,0 +1,56 @@
+/**
+ * Optimizers with PyTorch's update rules, and gradient clipping applied before each update.
+ * @module
+ */
+
+/** Gradient clipping, available on every optimizer. */
+export interface ClipOptions {
+  /** Scale all gradients together so their global L2 norm is at most this (as `clip_grad_norm_`). */
+  clipNorm?: number;
+  /** Clamp each gradient value to `[-clipValue, clipValue]` (applied before `clipNorm`). */
+  clipValue?: number;
+}
+
+/** Stochastic gradient descent, as `torch.optim.SGD`. */
+export interface SgdOptions extends ClipOptions {
+  /** Default 0.01. */
+  learningRate?: number;
+  /** Default 0. */
+  momentum?: number;
+  /** Default 0. */
+  dampening?: number;
+  /** Nesterov momentum (needs momentum > 0, dampening 0). Default false. */
+  nesterov?: boolean;
+  /** L2 penalty added to the gradient. Default 0. */
+  weightDecay?: number;
+}
+
+/** Adam, as `torch.optim.Adam`; `weightDecay` is an L2 penalty added to the gradient. */
+export interface AdamOptions extends ClipOptions {
+  /** Default 0.001. */
+  learningRate?: number;
+  /** Default 0.9. */
+  beta1?: number;
+  /** Default 0.999. */
+  beta2?: number;
+  /** Default 1e-8. */
+  epsilon?: number;
+  /** Default 0 for adam, 0.01 for adamw. */
+  weightDecay?: number;
+}
+
+/** An optimizer spec, as made by {@link optimizers}. */
+export type OptimizerSpec =
+  | ({ type: 'sgd' } & SgdOptions)
+  | ({ type: 'adam' } & AdamOptions)
+  | ({ type: 'adamw' } & AdamOptions);
+
+/** Builders for optimizer specs, to pass to `model.compile`. */
+export const optimizers = {
+  /** SGD with optional (Nesterov) momentum. */
+  sgd: (options: SgdOptions = {}): OptimizerSpec => ({ type: 'sgd', ...options }),
+  /** Adam with an L2 penalty. */
+  adam: (options: AdamOptions = {}): OptimizerSpec => ({ type: 'adam', ...options }),
+  /** AdamW: Adam with decoupled weight decay (Loshchilov and Hutter 2019), as `torch.optim.AdamW`. */
+  adamw: (options: AdamOptions = {}): OptimizerSpec => ({ type: 'adamw', ...options }),
+};
