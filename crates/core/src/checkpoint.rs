@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
@@ -33,7 +34,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().ok_or_else(|| Error::checkpoint(path, "not a file path"))?;
-    let tmp: PathBuf = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    // Process id and a per-process counter: concurrent saves to one path (worker threads) each get their own
+    // temporary file, so one's rename cannot carry away the other's half-written bytes.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp: PathBuf = dir.join(format!(".{}.{}.{n}.tmp", file_name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;

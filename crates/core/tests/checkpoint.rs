@@ -271,3 +271,30 @@ fn load_weights_with_a_wrong_shape_fails_and_changes_nothing() {
         assert_eq!(values(&t), f.values(&name), "{name}");
     }
 }
+
+#[test]
+fn concurrent_saves_to_one_path_leave_a_whole_file() {
+    // The binding saves on worker threads; two saves to one path must not interleave their bytes.
+    let path = scratch_dir("checkpoint_concurrent").join("model.safetensors");
+    let models: Vec<Sequential> = (0..4u64)
+        .map(|s| {
+            let mut sp = spec("float32");
+            sp["seed"] = json!(s);
+            model(sp)
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for m in &models {
+            let path = &path;
+            scope.spawn(move || {
+                for _ in 0..25 {
+                    m.save(path).expect("every save succeeds");
+                }
+            });
+        }
+    });
+    let left = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
+    assert_eq!(left, 1, "no temporary files stay behind");
+    let back = Sequential::load(&path).expect("the file is one whole checkpoint");
+    assert!(models.iter().any(|m| weight_bits(m) == weight_bits(&back)));
+}
