@@ -103,13 +103,14 @@ impl HostTensor {
         Ok(t.to_dtype(dtype)?)
     }
 
-    /// Copies a candle tensor back to the host, as f32 unless it is f64.
+    /// Copies a candle tensor back to the host: integers as i32, f64 as f64, any other float as f32.
     pub fn from_tensor(t: &Tensor) -> Result<Self> {
         let shape = t.dims().to_vec();
         let flat = t.flatten_all()?;
         let data = match t.dtype() {
             DType::F64 => HostData::F64(flat.to_vec1::<f64>()?),
-            DType::U32 | DType::I64 | DType::U8 => {
+            DType::I32 => HostData::I32(flat.to_vec1::<i32>()?),
+            DType::U32 | DType::I64 | DType::I16 | DType::U8 => {
                 HostData::I32(flat.to_dtype(DType::I64)?.to_vec1::<i64>()?.into_iter().map(|x| x as i32).collect())
             }
             _ => HostData::F32(flat.to_dtype(DType::F32)?.to_vec1::<f32>()?),

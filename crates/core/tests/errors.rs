@@ -508,3 +508,22 @@ fn an_empty_axis_is_a_range_error() {
         "empty axis",
     );
 }
+
+#[test]
+fn integer_tensors_come_back_as_integers() {
+    // An int32 tensor in a state dict must not turn into float weights on the way in.
+    let t = engram_core::Tensor::new(&[1i32, -2, 3], &engram_core::Device::Cpu).unwrap();
+    assert_eq!(
+        HostTensor::from_tensor(&t).unwrap().data,
+        HostData::I32(vec![1, -2, 3])
+    );
+    let mut m = model(
+        json!({ "layers": [{ "type": "dense", "inputSize": 3, "units": 1, "useBias": false }] }),
+    );
+    let w = HostTensor::from_tensor(&t.reshape((1, 3)).unwrap()).unwrap();
+    assert_err(
+        m.set_weights(&[("0.weight".into(), w)], true),
+        ErrorKind::Type,
+        "float",
+    );
+}
