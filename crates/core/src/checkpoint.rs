@@ -2,8 +2,9 @@
 //!
 //! Parameters are stored under their PyTorch-style names, so the file also reads as a `state_dict`. The
 //! metadata holds the model spec (`engram.model`), the compile options (`engram.compile`), the optimizer step
-//! and the generator state; optimizer moments are tensors under `__optimizer__/<param>/<slot>`. Writes go to a
-//! temporary file that is renamed over the target, so a crash mid-save leaves the previous file intact.
+//! and current learning rate, and the generator state; optimizer moments are tensors under
+//! `__optimizer__/<param>/<slot>`. Writes go to a temporary file that is renamed over the target, so a crash
+//! mid-save leaves the previous file intact.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,6 +24,7 @@ const FORMAT: &str = "engram.format";
 const MODEL: &str = "engram.model";
 const COMPILE: &str = "engram.compile";
 const STEP: &str = "engram.optimizer.step";
+const LR: &str = "engram.optimizer.learningRate";
 const RNG: &str = "engram.rng";
 const OPT_PREFIX: &str = "__optimizer__/";
 
@@ -65,6 +67,8 @@ impl Sequential {
         if let (Some(spec), Some(opt)) = (self.compile_config(), self.optimizer()) {
             meta.insert(COMPILE.to_string(), json(spec)?);
             meta.insert(STEP.to_string(), opt.step.to_string());
+            // The rate a schedule may have set since compile; Rust prints f64 so that it parses back exactly.
+            meta.insert(LR.to_string(), opt.config.learning_rate.to_string());
             for ((name, _), slot) in self.params().iter().zip(&opt.slots) {
                 match slot {
                     Slot::Empty => {}
@@ -107,6 +111,10 @@ impl Sequential {
             let spec: CompileConfig = serde_json::from_str(c)
                 .map_err(|e| Error::checkpoint(path, format!("the stored compile options are invalid: {e}")))?;
             model.compile(spec)?;
+            if let Some(lr) = meta.get(LR) {
+                let lr = lr.parse().map_err(|_| Error::checkpoint(path, format!("invalid {LR} {lr:?}")))?;
+                model.set_learning_rate(lr).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+            }
             let step = meta.get(STEP).and_then(|s| s.parse().ok()).unwrap_or(0);
             let names: Vec<String> = model.params().iter().map(|(n, _)| n.to_string()).collect();
             let dtype = model.dtype();

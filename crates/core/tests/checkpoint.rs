@@ -298,3 +298,34 @@ fn concurrent_saves_to_one_path_leave_a_whole_file() {
     let back = Sequential::load(&path).expect("the file is one whole checkpoint");
     assert!(models.iter().any(|m| weight_bits(m) == weight_bits(&back)));
 }
+
+#[test]
+fn a_changed_learning_rate_survives_save_and_load() {
+    // Schedules change the rate after compile; a resumed run must go on with the changed rate.
+    let path = scratch_dir("checkpoint_lr").join("model.safetensors");
+    let mut data = Rng::new(4);
+    let batches: Vec<_> = (0..4).map(|_| batch(&mut data)).collect();
+    let start = || {
+        let mut m = compiled(
+            spec("float32"),
+            json!({ "type": "adam", "learningRate": 0.01 }),
+            json!({ "type": "crossEntropy" }),
+        );
+        m.set_learning_rate(0.002).unwrap();
+        m
+    };
+    let mut straight = start();
+    for (x, y) in &batches {
+        straight.train_step(x, y, &[]).unwrap();
+    }
+    let mut first = start();
+    for (x, y) in &batches[..2] {
+        first.train_step(x, y, &[]).unwrap();
+    }
+    first.save(&path).unwrap();
+    let mut resumed = Sequential::load(&path).unwrap();
+    for (x, y) in &batches[2..] {
+        resumed.train_step(x, y, &[]).unwrap();
+    }
+    assert_eq!(weight_bits(&resumed), weight_bits(&straight));
+}
