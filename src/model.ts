@@ -132,7 +132,7 @@ export class Model {
   }
 
   /** One forward pass, loss, backward pass and optimizer update on a batch, off the event loop. */
-  trainStep(x: Tensor, y: Tensor, options: StepOptions = {}): Promise<StepResult> {
+  async trainStep(x: Tensor, y: Tensor, options: StepOptions = {}): Promise<StepResult> {
     const xs = toNative(checkTensor('x', x));
     const ys = toNative(checkTensor('y', y));
     const states = statesToNative(options.initialState);
@@ -179,7 +179,7 @@ export class Model {
    * Trains for `epochs` passes over `x`, `y` in batches, with optional validation and callbacks; resolves
    * to the {@link History}. The event loop stays free between and during steps.
    */
-  fit(x: Tensor, y: Tensor, options: FitOptions = {}): Promise<History> {
+  async fit(x: Tensor, y: Tensor, options: FitOptions = {}): Promise<History> {
     this.#check('fit');
     return fit(this, x, y, options);
   }
@@ -209,13 +209,13 @@ export class Model {
    * Loads a safetensors state dict (for instance a PyTorch `state_dict` saved with
    * `safetensors.torch.save_file`) into this model; `prefix` is stripped from the stored names first.
    */
-  loadWeights(path: string, options: { prefix?: string } = {}): Promise<void> {
+  async loadWeights(path: string, options: { prefix?: string } = {}): Promise<void> {
     if (typeof path !== 'string') throw new TypeError(`loadWeights: path must be a string, got ${describe(path)}`);
     return this.#enqueue('loadWeights', (m) => m.loadWeights(path, options.prefix ?? ''));
   }
 
   /** Writes weights, spec, compile options and optimizer state to a safetensors file, atomically. */
-  save(path: string): Promise<void> {
+  async save(path: string): Promise<void> {
     if (typeof path !== 'string') throw new TypeError(`save: path must be a string, got ${describe(path)}`);
     return this.#enqueue('save', (m) => m.save(path));
   }

@@ -1,0 +1,163 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { layers, load, optimizers, sequential, tensor, type Tensor } from '../src/index.js';
+import { expectClose, tempDir } from './helpers.js';
+
+function charModel(seed = 7) {
+  return sequential(
+    [
+      layers.embedding({ vocabSize: 12, dim: 8 }),
+      layers.lstm({ hiddenSize: 16, numLayers: 2, returnSequences: true, dropout: 0.1 }),
+      layers.dense({ units: 12 }),
+    ],
+    { seed },
+  );
+}
+
+/** A batch where each target is the next id of a cycle, which an LSTM learns in a few dozen steps. */
+function cycleBatch(batch: number, seqLen: number): { x: Tensor; y: Tensor } {
+  const x = new Int32Array(batch * seqLen);
+  const y = new Int32Array(batch * seqLen);
+  for (let b = 0; b < batch; b++) {
+    for (let t = 0; t < seqLen; t++) {
+      x[b * seqLen + t] = (b + t) % 12;
+      y[b * seqLen + t] = (b + t + 1) % 12;
+    }
+  }
+  return { x: tensor(x, [batch, seqLen]), y: tensor(y, [batch, seqLen]) };
+}
+
+describe('sequential model', () => {
+  it('learns a next-token task: loss falls by more than half', async () => {
+    const model = charModel();
+    model.compile({ optimizer: optimizers.adam({ learningRate: 1e-2, clipNorm: 5 }), loss: 'crossEntropy' });
+    const { x, y } = cycleBatch(8, 10);
+    const first = (await model.trainStep(x, y)).loss;
+    let last = first;
+    for (let i = 0; i < 60; i++) last = (await model.trainStep(x, y)).loss;
+    expect(first).toBeGreaterThan(2);
+    expect(last).toBeLessThan(first / 2);
+    expect(model.step).toBe(61);
+    model.dispose();
+  });
+
+  it('gives the same weights and the same training run for the same seed', async () => {
+    const run = async (seed: number) => {
+      const m = charModel(seed);
+      m.compile({ optimizer: optimizers.sgd({ learningRate: 0.1, momentum: 0.9 }), loss: 'crossEntropy' });
+      const { x, y } = cycleBatch(4, 6);
+      const losses = [];
+      for (let i = 0; i < 3; i++) losses.push((await m.trainStep(x, y)).loss);
+      const w = m.getWeights();
+      m.dispose();
+      return { losses, w };
+    };
+    const a = await run(3);
+    const b = await run(3);
+    const c = await run(4);
+    expect(a.losses).toEqual(b.losses);
+    for (const k of Object.keys(a.w)) expect(Array.from(a.w[k]!.data)).toEqual(Array.from(b.w[k]!.data));
+    expect(Array.from(a.w['0.weight']!.data)).not.toEqual(Array.from(c.w['0.weight']!.data));
+  });
+
+  it('predicts with the output shape and the same values whatever the batch size', async () => {
+    const model = charModel();
+    const { x } = cycleBatch(5, 4);
+    const whole = await model.predict(x);
+    const pieces = await model.predict(x, { batchSize: 2 });
+    expect(whole.shape).toEqual([5, 4, 12]);
+    expect(whole.data).toBeInstanceOf(Float32Array);
+    expectClose(pieces, whole, 1e-6, 1e-7, 'batched predict');
+    model.dispose();
+  });
+
+  it('returns only the last step without returnSequences', async () => {
+    const model = sequential([layers.lstm({ inputSize: 3, hiddenSize: 5 }), layers.dense({ units: 2 })], { seed: 1 });
+    const out = await model.predict(tensor(new Float32Array(4 * 7 * 3).fill(0.5), [4, 7, 3]));
+    expect(out.shape).toEqual([4, 2]);
+    model.dispose();
+  });
+
+  it('takes an initial state per recurrent layer, and it changes the output', async () => {
+    const model = sequential([layers.lstm({ inputSize: 2, hiddenSize: 3, numLayers: 2, name: 'rnn' })], { seed: 2 });
+    const x = tensor(new Float32Array(2 * 4 * 2).fill(0.1), [2, 4, 2]);
+    const zero = { h: tensor(new Float32Array(12), [2, 2, 3]), c: tensor(new Float32Array(12), [2, 2, 3]) };
+    const ones = { h: tensor(new Float32Array(12).fill(1), [2, 2, 3]), c: tensor(new Float32Array(12).fill(1), [2, 2, 3]) };
+    const plain = await model.predict(x);
+    const withZero = await model.predict(x, { initialState: { rnn: zero } });
+    const withOnes = await model.predict(x, { initialState: { rnn: ones } });
+    expectClose(withZero, plain, 0, 0, 'zero state');
+    expect(Math.abs(withOnes.data[0]! - plain.data[0]!)).toBeGreaterThan(1e-4);
+    model.dispose();
+  });
+
+  it('round-trips weights through getWeights and setWeights', async () => {
+    const a = charModel(1);
+    const b = charModel(2);
+    const { x } = cycleBatch(2, 3);
+    b.setWeights(a.getWeights());
+    expectClose(await b.predict(x), await a.predict(x), 0, 0, 'copied model');
+    a.dispose();
+    b.dispose();
+  });
+
+  it('saves and loads the model with its optimizer state, so training resumes exactly', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'model.safetensors');
+    const { x, y } = cycleBatch(4, 5);
+    const straight = charModel(5);
+    straight.compile({ optimizer: optimizers.adam({ learningRate: 5e-3 }), loss: 'crossEntropy' });
+    for (let i = 0; i < 4; i++) await straight.trainStep(x, y);
+
+    const first = charModel(5);
+    first.compile({ optimizer: optimizers.adam({ learningRate: 5e-3 }), loss: 'crossEntropy' });
+    for (let i = 0; i < 2; i++) await first.trainStep(x, y);
+    await first.save(path);
+    first.dispose();
+    const resumed = await load(path);
+    expect(resumed.step).toBe(2);
+    for (let i = 0; i < 2; i++) await resumed.trainStep(x, y);
+
+    const ws = straight.getWeights();
+    const wr = resumed.getWeights();
+    for (const k of Object.keys(ws)) expect(Array.from(wr[k]!.data), k).toEqual(Array.from(ws[k]!.data));
+    expect(resumed.config.layers.map((l) => l.type)).toEqual(['embedding', 'lstm', 'dense']);
+    expect(existsSync(path)).toBe(true);
+    straight.dispose();
+    resumed.dispose();
+  });
+
+  it('summarises layers, shapes and parameter counts', () => {
+    const model = charModel();
+    const s = model.summary({ print: false });
+    expect(s).toMatch(/embedding\s+\[batch, seqLen, 8\]\s+96/);
+    expect(s).toMatch(/lstm\s+\[batch, seqLen, 16\]/);
+    expect(s).toContain(`Total parameters: ${model.paramCount}`);
+    // embedding 12*8, 2-layer LSTM 4*16*(8+16+2) + 4*16*(16+16+2), dense 12*16+12
+    expect(model.paramCount).toBe(96 + 64 * 26 + 64 * 34 + 204);
+    model.dispose();
+  });
+
+  it('trains in float64 too', async () => {
+    const model = sequential([layers.dense({ inputSize: 2, units: 1 })], { seed: 1, dtype: 'float64' });
+    model.compile({ optimizer: optimizers.sgd({ learningRate: 0.1 }), loss: 'mse' });
+    const x = tensor(Float64Array.from([1, 0, 0, 1, 1, 1, 0, 0]), [4, 2]);
+    const y = tensor(Float64Array.from([1, 2, 3, 0]), [4, 1]);
+    const before = await model.evaluate(x, y);
+    for (let i = 0; i < 50; i++) await model.trainStep(x, y);
+    expect(await model.evaluate(x, y)).toBeLessThan(before);
+    expect((await model.predict(x)).data).toBeInstanceOf(Float64Array);
+    model.dispose();
+  });
+
+  it('changes the learning rate of the compiled optimizer', () => {
+    const model = charModel();
+    expect(model.learningRate).toBeUndefined();
+    model.compile({ optimizer: optimizers.adamw({ learningRate: 0.003 }), loss: 'crossEntropy' });
+    expect(model.learningRate).toBeCloseTo(0.003, 12);
+    model.learningRate = 0.001;
+    expect(model.learningRate).toBeCloseTo(0.001, 12);
+    model.dispose();
+  });
+});
