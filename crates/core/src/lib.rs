@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod host;
+pub mod kernels;
 pub mod layers;
 pub mod models;
 pub mod rng;

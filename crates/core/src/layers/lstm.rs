@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Builder, ForwardCtx, check_positive, check_rate, dropout};
 use crate::error::{Error, Result};
+use crate::kernels::lstm::lstm_seq;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -127,34 +128,46 @@ impl Lstm {
                 .matmul(&p[lp.w_ih].t()?)?
                 .broadcast_add(&bias)?
                 .reshape((batch, seq_len, 4 * hs))?;
-            let w_hh_t = p[lp.w_hh].t()?;
-            let (mut h, mut c) = match state {
+            let (h0, c0) = match state {
                 Some(s) => (s.h.get(k)?, s.c.get(k)?),
                 None => {
                     let z = Tensor::zeros((batch, hs), x.dtype(), x.device())?;
                     (z.clone(), z)
                 }
             };
-            let keep_all = !last_layer || self.return_sequences;
-            let mut outs = Vec::with_capacity(if keep_all { seq_len } else { 0 });
-            for t in 0..seq_len {
-                let gates = xp.narrow(1, t, 1)?.squeeze(1)?.add(&h.matmul(&w_hh_t)?)?;
-                let i_f = candle_nn::ops::sigmoid(&gates.narrow(1, 0, 2 * hs)?)?;
-                let i = i_f.narrow(1, 0, hs)?;
-                let f = i_f.narrow(1, hs, hs)?;
-                let g = gates.narrow(1, 2 * hs, hs)?.tanh()?;
-                let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hs, hs)?)?;
-                c = f.mul(&c)?.add(&i.mul(&g)?)?;
-                h = o.mul(&c.tanh()?)?;
-                if keep_all {
-                    outs.push(h.clone());
-                }
-            }
+            let seq = if xp.device().is_cpu() {
+                lstm_seq(&xp, &p[lp.w_hh], &Tensor::cat(&[&h0, &c0], 1)?)?
+            } else {
+                recurrence_generic(&xp, &p[lp.w_hh], &h0, &c0)?
+            };
             if last_layer {
-                return Ok(if self.return_sequences { Tensor::stack(&outs, 1)? } else { h });
+                return Ok(if self.return_sequences { seq } else { seq.narrow(1, seq_len - 1, 1)?.squeeze(1)? });
             }
-            input = dropout(&Tensor::stack(&outs, 1)?, self.dropout, ctx)?;
+            input = dropout(&seq, self.dropout, ctx)?;
         }
         Err(Error::State("lstm: no layers".into()))
     }
+}
+
+/// The recurrence from candle's generic ops (about 15 small ops per step, autograd through all of them):
+/// the path on devices without a fused kernel, and the reference the fused kernel is tested against.
+/// `xp [batch, seq_len, 4H]` holds the input projections with both biases; returns `h` for every step.
+pub fn recurrence_generic(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<Tensor> {
+    let (_, seq_len, g4) = xp.dims3()?;
+    let hs = g4 / 4;
+    let w_hh_t = w_hh.t()?;
+    let (mut h, mut c) = (h0.clone(), c0.clone());
+    let mut outs = Vec::with_capacity(seq_len);
+    for t in 0..seq_len {
+        let gates = xp.narrow(1, t, 1)?.squeeze(1)?.add(&h.matmul(&w_hh_t)?)?;
+        let i_f = candle_nn::ops::sigmoid(&gates.narrow(1, 0, 2 * hs)?)?;
+        let i = i_f.narrow(1, 0, hs)?;
+        let f = i_f.narrow(1, hs, hs)?;
+        let g = gates.narrow(1, 2 * hs, hs)?.tanh()?;
+        let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hs, hs)?)?;
+        c = f.mul(&c)?.add(&i.mul(&g)?)?;
+        h = o.mul(&c.tanh()?)?;
+        outs.push(h.clone());
+    }
+    Ok(Tensor::stack(&outs, 1)?)
 }

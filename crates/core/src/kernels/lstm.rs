@@ -1,0 +1,220 @@
+//! The LSTM recurrence as one op, forward and backward.
+//!
+//! Inputs: `xp [batch, seq_len, 4H]`, the input projection of every step with both biases already added
+//! (one GEMM outside, under autograd); `w_hh [4H, H]`; `s0 [batch, 2H]`, the initial `h` and `c` side by side.
+//! Output: `h` for every step, `[batch, seq_len, H]`. Gate order i, f, g, o as in PyTorch.
+//!
+//! Forward, per step: one GEMM `gates += h W_hh^T` into a time-major buffer, then one fused pass for the
+//! gates, `c` and `h`. Backward, per step: one fused pass for the gate gradients and one GEMM `dh = dgates
+//! W_hh`; after the loop, `dW_hh` for all steps as a single GEMM `dgates^T [4H, T*B] x h_prev [T*B, H]`.
+//! The forward keeps only what the backward reads: gate activations, `c` and `h` per step.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::{Mat, Real, matmul};
+
+/// What the backward needs from the forward, time-major.
+struct Saved<T> {
+    /// Gate activations `[T, B, 4H]`: sigmoid(i), sigmoid(f), tanh(g), sigmoid(o).
+    gates: Vec<T>,
+    /// `c` for steps 0..=T (`c[0]` is the initial state), `[T+1, B, H]`.
+    c: Vec<T>,
+    /// `h` likewise, `[T+1, B, H]`.
+    h: Vec<T>,
+}
+
+pub struct LstmSeq<T: Real> {
+    batch: usize,
+    seq_len: usize,
+    hidden: usize,
+    /// Keep activations for a backward (only when the inputs are tracked by autograd).
+    keep: bool,
+    saved: Mutex<Option<Saved<T>>>,
+}
+
+fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp())
+}
+
+fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let all = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("lstm kernel: {what} must be contiguous"),
+    }
+}
+
+impl<T: Real> LstmSeq<T> {
+    fn forward(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
+        let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
+        let g4 = 4 * h;
+        // Time-major copy of the projections; the recurrent GEMM accumulates into it in place.
+        let mut gates = vec![T::zero(); t_len * b * g4];
+        for bi in 0..b {
+            for t in 0..t_len {
+                let src = (bi * t_len + t) * g4;
+                gates[(t * b + bi) * g4..(t * b + bi + 1) * g4].copy_from_slice(&xp[src..src + g4]);
+            }
+        }
+        let mut hs = vec![T::zero(); (t_len + 1) * b * h];
+        let mut cs = vec![T::zero(); (t_len + 1) * b * h];
+        for bi in 0..b {
+            hs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h..bi * 2 * h + h]);
+            cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
+        }
+        for t in 0..t_len {
+            let (h_done, h_rest) = hs.split_at_mut((t + 1) * b * h);
+            let h_prev = &h_done[t * b * h..];
+            let g = &mut gates[t * b * g4..(t + 1) * b * g4];
+            // gates_t += h_{t-1} [B, H] x W_hh^T [H, 4H]
+            matmul(b, g4, h, g, g4, true, Mat::rows(h_prev, h), Mat::rows_t(w, h));
+            let (c_done, c_rest) = cs.split_at_mut((t + 1) * b * h);
+            let c_prev = &c_done[t * b * h..];
+            let c_next = &mut c_rest[..b * h];
+            let h_next = &mut h_rest[..b * h];
+            for bi in 0..b {
+                let row = &mut g[bi * g4..(bi + 1) * g4];
+                for j in 0..h {
+                    let i = sigmoid(row[j]);
+                    let f = sigmoid(row[h + j]);
+                    let gg = row[2 * h + j].tanh();
+                    let o = sigmoid(row[3 * h + j]);
+                    row[j] = i;
+                    row[h + j] = f;
+                    row[2 * h + j] = gg;
+                    row[3 * h + j] = o;
+                    let c = f * c_prev[bi * h + j] + i * gg;
+                    c_next[bi * h + j] = c;
+                    h_next[bi * h + j] = o * c.tanh();
+                }
+            }
+        }
+        let mut out = vec![T::zero(); b * t_len * h];
+        for t in 0..t_len {
+            for bi in 0..b {
+                let src = ((t + 1) * b + bi) * h;
+                out[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&hs[src..src + h]);
+            }
+        }
+        (out, Saved { gates, c: cs, h: hs })
+    }
+
+    /// Returns (d xp `[B, T, 4H]`, d w_hh `[4H, H]`, d s0 `[B, 2H]`).
+    fn backward(&self, s: &Saved<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
+        let g4 = 4 * h;
+        let mut dgates = vec![T::zero(); t_len * b * g4];
+        let mut dh = vec![T::zero(); b * h];
+        let mut dc = vec![T::zero(); b * h];
+        for t in (0..t_len).rev() {
+            let gates = &s.gates[t * b * g4..(t + 1) * b * g4];
+            let c_prev = &s.c[t * b * h..(t + 1) * b * h];
+            let c_t = &s.c[(t + 1) * b * h..(t + 2) * b * h];
+            let dg = &mut dgates[t * b * g4..(t + 1) * b * g4];
+            for bi in 0..b {
+                let row = &gates[bi * g4..(bi + 1) * g4];
+                let drow = &mut dg[bi * g4..(bi + 1) * g4];
+                for j in 0..h {
+                    let k = bi * h + j;
+                    let (i, f, gg, o) = (row[j], row[h + j], row[2 * h + j], row[3 * h + j]);
+                    let dht = dh[k] + dout[(bi * t_len + t) * h + j];
+                    let tc = c_t[k].tanh();
+                    let dct = dc[k] + dht * o * (T::one() - tc * tc);
+                    drow[j] = dct * gg * i * (T::one() - i);
+                    drow[h + j] = dct * c_prev[k] * f * (T::one() - f);
+                    drow[2 * h + j] = dct * i * (T::one() - gg * gg);
+                    drow[3 * h + j] = dht * tc * o * (T::one() - o);
+                    dc[k] = dct * f;
+                }
+            }
+            // dh_{t-1} = dgates_t [B, 4H] x W_hh [4H, H]
+            matmul(b, h, g4, &mut dh, h, false, Mat::rows(dg, g4), Mat::rows(w, h));
+        }
+        // dW_hh = sum_t dgates_t^T h_{t-1}: [4H, T*B] x [T*B, H] in one GEMM.
+        let mut dw = vec![T::zero(); g4 * h];
+        matmul(g4, h, t_len * b, &mut dw, h, false, Mat::rows_t(&dgates, g4), Mat::rows(&s.h[..t_len * b * h], h));
+        let mut dxp = vec![T::zero(); b * t_len * g4];
+        for t in 0..t_len {
+            for bi in 0..b {
+                let src = (t * b + bi) * g4;
+                dxp[(bi * t_len + t) * g4..(bi * t_len + t + 1) * g4].copy_from_slice(&dgates[src..src + g4]);
+            }
+        }
+        let mut ds0 = vec![T::zero(); b * 2 * h];
+        for bi in 0..b {
+            ds0[bi * 2 * h..bi * 2 * h + h].copy_from_slice(&dh[bi * h..(bi + 1) * h]);
+            ds0[bi * 2 * h + h..(bi + 1) * 2 * h].copy_from_slice(&dc[bi * h..(bi + 1) * h]);
+        }
+        (dxp, dw, ds0)
+    }
+}
+
+impl<T: Real> CustomOp3 for LstmSeq<T> {
+    fn name(&self) -> &'static str {
+        "lstm-seq"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, t, h) = (self.batch, self.seq_len, self.hidden);
+        if l1.dims() != [b, t, 4 * h] || l2.dims() != [4 * h, h] || l3.dims() != [b, 2 * h] {
+            candle_core::bail!("lstm kernel: unexpected shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        let (out, saved) = self.forward(slice(s1, l1, "xp")?, slice(s2, l2, "w_hh")?, slice(s3, l3, "s0")?);
+        if self.keep {
+            *self.saved.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))? = Some(saved);
+        }
+        Ok((T::to_cpu_storage_owned(out), Shape::from((b, t, h))))
+    }
+
+    fn bwd(
+        &self,
+        _xp: &Tensor,
+        w_hh: &Tensor,
+        _s0: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let guard = self.saved.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))?;
+        let Some(saved) = guard.as_ref() else {
+            candle_core::bail!("lstm kernel: backward without saved activations")
+        };
+        let w = w_hh.flatten_all()?.to_vec1::<T>()?;
+        let dout = grad.flatten_all()?.to_vec1::<T>()?;
+        let (dxp, dw, ds0) = self.backward(saved, &w, &dout);
+        let (b, t, h) = (self.batch, self.seq_len, self.hidden);
+        let dev = grad.device();
+        Ok((
+            Some(Tensor::from_vec(dxp, (b, t, 4 * h), dev)?),
+            Some(Tensor::from_vec(dw, (4 * h, h), dev)?),
+            Some(Tensor::from_vec(ds0, (b, 2 * h), dev)?),
+        ))
+    }
+}
+
+/// Runs the fused recurrence on CPU tensors (see the module doc for shapes).
+pub fn lstm_seq(xp: &Tensor, w_hh: &Tensor, s0: &Tensor) -> Result<Tensor> {
+    let (b, t, g4) = xp.dims3()?;
+    let h = g4 / 4;
+    let keep = xp.track_op() || w_hh.track_op() || s0.track_op();
+    let (xp, w_hh, s0) = (xp.contiguous()?, w_hh.contiguous()?, s0.contiguous()?);
+    match xp.dtype() {
+        candle_core::DType::F64 => {
+            let op = LstmSeq::<f64> { batch: b, seq_len: t, hidden: h, keep, saved: Mutex::new(None) };
+            xp.apply_op3(&w_hh, &s0, op)
+        }
+        _ => {
+            let op = LstmSeq::<f32> { batch: b, seq_len: t, hidden: h, keep, saved: Mutex::new(None) };
+            xp.apply_op3(&w_hh, &s0, op)
+        }
+    }
+}
