@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Fixture, compiled, fixture_path, ids, model, scratch_dir, values, weight_bits};
+use common::{Fixture, Scratch, compiled, fixture_path, ids, model, values, weight_bits};
 use engram_core::{Error, HostTensor, Rng, Sequential};
 use safetensors::SafeTensors;
 use serde_json::{Value, json};
@@ -43,7 +43,7 @@ fn assert_names_path(e: &Error, path: &Path) {
 
 #[test]
 fn save_then_load_gives_identical_weights_and_predictions() {
-    let dir = scratch_dir("checkpoint_round_trip");
+    let dir = Scratch::new("checkpoint_round_trip");
     for dtype in ["float32", "float64"] {
         let m = model(spec(dtype));
         let path = dir.join(format!("{dtype}.safetensors"));
@@ -63,17 +63,14 @@ fn save_then_load_gives_identical_weights_and_predictions() {
             "{dtype}"
         );
     }
-    let left: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = dir.files();
     assert_eq!(left.len(), 2, "no temporary files stay behind: {left:?}");
 }
 
 /// Trains `first` steps, saves, loads, trains `then` more; compares with `first + then` steps in one go.
 fn assert_resume_is_exact(optimizer: Value, name: &str) {
     let (first, then) = (3, 4);
-    let dir = scratch_dir(name);
+    let dir = Scratch::new(name);
     let path = dir.join("model.safetensors");
     let loss = json!({ "type": "crossEntropy" });
     let mut data = Rng::new(9);
@@ -121,7 +118,7 @@ fn sgd_momentum_training_resumes_exactly_after_save_and_load() {
 
 #[test]
 fn a_truncated_file_is_an_error() {
-    let dir = scratch_dir("checkpoint_truncated");
+    let dir = Scratch::new("checkpoint_truncated");
     let full = dir.join("full.safetensors");
     compiled(
         spec("float32"),
@@ -147,7 +144,7 @@ fn a_truncated_file_is_an_error() {
 
 #[test]
 fn a_garbage_file_is_an_error() {
-    let dir = scratch_dir("checkpoint_garbage");
+    let dir = Scratch::new("checkpoint_garbage");
     let mut r = Rng::new(3);
     let noise: Vec<u8> = (0..4096).map(|_| r.next_u64() as u8).collect();
     // A plausible length prefix followed by a header that is not JSON, and one claiming an absurd length.
@@ -170,7 +167,8 @@ fn a_garbage_file_is_an_error() {
 
 #[test]
 fn a_missing_file_is_an_error() {
-    let path = scratch_dir("checkpoint_missing").join("nowhere.safetensors");
+    let dir = Scratch::new("checkpoint_missing");
+    let path = dir.join("nowhere.safetensors");
     let e = load_err(&path);
     assert!(matches!(e, Error::Io { .. }), "{e:?}");
     assert_names_path(&e, &path);
@@ -192,7 +190,7 @@ fn a_torch_state_dict_is_not_a_checkpoint() {
 
 #[test]
 fn a_checkpoint_with_a_missing_or_broken_part_is_an_error() {
-    let dir = scratch_dir("checkpoint_broken");
+    let dir = Scratch::new("checkpoint_broken");
     let good = dir.join("good.safetensors");
     model(spec("float32")).save(&good).unwrap();
     let bytes = std::fs::read(&good).unwrap();
@@ -275,7 +273,8 @@ fn load_weights_with_a_wrong_shape_fails_and_changes_nothing() {
 #[test]
 fn concurrent_saves_to_one_path_leave_a_whole_file() {
     // The binding saves on worker threads; two saves to one path must not interleave their bytes.
-    let path = scratch_dir("checkpoint_concurrent").join("model.safetensors");
+    let dir = Scratch::new("checkpoint_concurrent");
+    let path = dir.join("model.safetensors");
     let models: Vec<Sequential> = (0..4u64)
         .map(|s| {
             let mut sp = spec("float32");
@@ -293,8 +292,12 @@ fn concurrent_saves_to_one_path_leave_a_whole_file() {
             });
         }
     });
-    let left = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
-    assert_eq!(left, 1, "no temporary files stay behind");
+    let left = dir.files();
+    assert_eq!(
+        left,
+        ["model.safetensors"],
+        "no temporary files stay behind"
+    );
     let back = Sequential::load(&path).expect("the file is one whole checkpoint");
     assert!(models.iter().any(|m| weight_bits(m) == weight_bits(&back)));
 }
@@ -302,7 +305,8 @@ fn concurrent_saves_to_one_path_leave_a_whole_file() {
 #[test]
 fn a_changed_learning_rate_survives_save_and_load() {
     // Schedules change the rate after compile; a resumed run must go on with the changed rate.
-    let path = scratch_dir("checkpoint_lr").join("model.safetensors");
+    let dir = Scratch::new("checkpoint_lr");
+    let path = dir.join("model.safetensors");
     let mut data = Rng::new(4);
     let batches: Vec<_> = (0..4).map(|_| batch(&mut data)).collect();
     let start = || {

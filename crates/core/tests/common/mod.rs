@@ -32,12 +32,36 @@ pub fn fixture_path(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A scratch directory for one test, emptied first.
-pub fn scratch_dir(test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+/// A scratch directory for one test, removed when dropped. The process id keeps runs apart: several
+/// `cargo test` runs (dev and release, or two people) can share one target directory.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn join(&self, file: impl AsRef<std::path::Path>) -> PathBuf {
+        self.0.join(file)
+    }
+
+    /// The names of the files in the directory.
+    pub fn files(&self) -> Vec<String> {
+        let entries = std::fs::read_dir(&self.0).expect("read scratch dir");
+        entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Every tensor of a safetensors fixture, widened to f64 (ids stay exact: they are small integers).
