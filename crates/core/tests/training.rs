@@ -12,7 +12,7 @@ use serde_json::json;
 fn adding_batch(rng: &mut Rng, batch: usize, seq_len: usize) -> (HostTensor, HostTensor) {
     let mut x = vec![0.0f32; batch * seq_len * 2];
     let mut y = vec![0.0f32; batch];
-    for b in 0..batch {
+    for (row, target) in x.chunks_mut(seq_len * 2).zip(y.iter_mut()) {
         let first = (rng.next_u64() % seq_len as u64) as usize;
         let second = loop {
             let s = (rng.next_u64() % seq_len as u64) as usize;
@@ -20,13 +20,12 @@ fn adding_batch(rng: &mut Rng, batch: usize, seq_len: usize) -> (HostTensor, Hos
                 break s;
             }
         };
-        for t in 0..seq_len {
+        for (t, step) in row.chunks_mut(2).enumerate() {
             let v = rng.next_f64() as f32;
-            let at = (b * seq_len + t) * 2;
-            x[at] = v;
+            step[0] = v;
             if t == first || t == second {
-                x[at + 1] = 1.0;
-                y[b] += v;
+                step[1] = 1.0;
+                *target += v;
             }
         }
     }
