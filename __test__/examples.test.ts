@@ -1,0 +1,29 @@
+import { spawnSync } from 'node:child_process';
+import { describe, expect, it } from 'vitest';
+
+function runExample(file: string, args: string[]) {
+  const r = spawnSync('npx', ['tsx', file, ...args], { encoding: 'utf8', env: process.env, timeout: 120_000 });
+  return { code: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+describe('examples', () => {
+  it('adding-problem beats the predict-the-mean baseline in a short run', () => {
+    const { code, out } = runExample('examples/adding-problem.ts', ['--steps', '10', '--train', '2000', '--test', '300', '--epochs', '8', '--hidden', '16']);
+    expect(code, out).toBe(0);
+    const m = /test MSE ([\d.]+) \(mean baseline ([\d.]+)\)/.exec(out);
+    expect(m, out).not.toBeNull();
+    const [mse, baseline] = [Number(m![1]), Number(m![2])];
+    expect(baseline).toBeGreaterThan(0.1);
+    expect(mse).toBeLessThan(baseline / 3);
+  });
+
+  it('the demo trains on Tiny Shakespeare and prints a sample', () => {
+    const { code, out } = runExample('examples/shakespeare-lstm.ts', ['--seconds', '3', '--sample', '40', '--hidden', '32']);
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/Tiny Shakespeare: 1,115,394 characters, 65 distinct/);
+    expect(out).toMatch(/trained \d+ steps in [\d.]+ s; final train loss [\d.]+, validation loss [\d.]+/);
+    const sample = /--- sample \(40 characters\) ---\nROMEO:\n([\s\S]*)\n---/.exec(out);
+    expect(sample, out).not.toBeNull();
+    expect(sample![1]!.length).toBe(40);
+  });
+});
