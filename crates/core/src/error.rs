@@ -47,12 +47,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn shape(
-        op: &'static str,
-        what: impl Into<String>,
-        expected: impl Into<String>,
-        got: &[usize],
-    ) -> Self {
+    pub(crate) fn shape(op: &'static str, what: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
         Error::Shape { op, what: what.into(), expected: expected.into(), got: format!("{got:?}") }
     }
 

@@ -95,9 +95,7 @@ impl HostTensor {
                 Tensor::from_slice(v, self.shape.as_slice(), device)?
             }
             HostData::I32(_) => {
-                return Err(Error::Type(format!(
-                    "{what}: expected float features (a Float32Array), got int32 data"
-                )));
+                return Err(Error::Type(format!("{what}: expected float features (a Float32Array), got int32 data")));
             }
         };
         Ok(t.to_dtype(dtype)?)

@@ -35,10 +35,7 @@ fn load_err(path: &Path) -> Error {
 /// The error names the file, so a user with many checkpoints knows which one is bad.
 fn assert_names_path(e: &Error, path: &Path) {
     let msg = e.to_string();
-    assert!(
-        msg.contains(&path.display().to_string()),
-        "the message should name the file: {msg}"
-    );
+    assert!(msg.contains(&path.display().to_string()), "the message should name the file: {msg}");
 }
 
 #[test]
@@ -52,16 +49,9 @@ fn save_then_load_gives_identical_weights_and_predictions() {
         assert_eq!(back.config(), m.config());
         assert_eq!(weight_bits(&back), weight_bits(&m), "{dtype}");
         assert_eq!(back.rng_state(), m.rng_state());
-        assert!(
-            back.compile_config().is_none(),
-            "an uncompiled model loads uncompiled"
-        );
+        assert!(back.compile_config().is_none(), "an uncompiled model loads uncompiled");
         let x = batch(&mut Rng::new(1)).0;
-        assert_eq!(
-            back.predict(&x, &[]).unwrap(),
-            m.predict(&x, &[]).unwrap(),
-            "{dtype}"
-        );
+        assert_eq!(back.predict(&x, &[]).unwrap(), m.predict(&x, &[]).unwrap(), "{dtype}");
     }
     let left = dir.files();
     assert_eq!(left.len(), 2, "no temporary files stay behind: {left:?}");
@@ -102,31 +92,19 @@ fn assert_resume_is_exact(optimizer: Value, name: &str) {
 
 #[test]
 fn adam_training_resumes_exactly_after_save_and_load() {
-    assert_resume_is_exact(
-        json!({ "type": "adam", "learningRate": 0.01 }),
-        "resume_adam",
-    );
+    assert_resume_is_exact(json!({ "type": "adam", "learningRate": 0.01 }), "resume_adam");
 }
 
 #[test]
 fn sgd_momentum_training_resumes_exactly_after_save_and_load() {
-    assert_resume_is_exact(
-        json!({ "type": "sgd", "learningRate": 0.1, "momentum": 0.9 }),
-        "resume_sgd",
-    );
+    assert_resume_is_exact(json!({ "type": "sgd", "learningRate": 0.1, "momentum": 0.9 }), "resume_sgd");
 }
 
 #[test]
 fn a_truncated_file_is_an_error() {
     let dir = Scratch::new("checkpoint_truncated");
     let full = dir.join("full.safetensors");
-    compiled(
-        spec("float32"),
-        json!({ "type": "adam" }),
-        json!({ "type": "crossEntropy" }),
-    )
-    .save(&full)
-    .unwrap();
+    compiled(spec("float32"), json!({ "type": "adam" }), json!({ "type": "crossEntropy" })).save(&full).unwrap();
     let bytes = std::fs::read(&full).unwrap();
     // Cut inside the length prefix, inside the JSON header, and inside the tensor data.
     for keep in [0, 5, 40, bytes.len() / 2, bytes.len() - 1] {
@@ -151,12 +129,7 @@ fn a_garbage_file_is_an_error() {
     let mut bad_header = 16u64.to_le_bytes().to_vec();
     bad_header.extend_from_slice(b"{not json at all");
     let huge = u64::MAX.to_le_bytes().to_vec();
-    for (name, bytes) in [
-        ("noise", noise),
-        ("bad_header", bad_header),
-        ("huge", huge),
-        ("text", b"hello".to_vec()),
-    ] {
+    for (name, bytes) in [("noise", noise), ("bad_header", bad_header), ("huge", huge), ("text", b"hello".to_vec())] {
         let path = dir.join(format!("{name}.safetensors"));
         std::fs::write(&path, bytes).unwrap();
         let e = load_err(&path);
@@ -182,10 +155,7 @@ fn a_torch_state_dict_is_not_a_checkpoint() {
     let path = fixture_path("lstm_parity.safetensors");
     let e = load_err(&path);
     assert_names_path(&e, &path);
-    assert!(
-        e.to_string().contains("loadWeights"),
-        "the message should point to loadWeights: {e}"
-    );
+    assert!(e.to_string().contains("loadWeights"), "the message should point to loadWeights: {e}");
 }
 
 #[test]
@@ -195,19 +165,10 @@ fn a_checkpoint_with_a_missing_or_broken_part_is_an_error() {
     model(spec("float32")).save(&good).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let meta = SafeTensors::read_metadata(&bytes)
-        .unwrap()
-        .1
-        .metadata()
-        .clone()
-        .unwrap();
+    let meta = SafeTensors::read_metadata(&bytes).unwrap().1.metadata().clone().unwrap();
 
     // A parameter missing from the file.
-    let without: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| n != "head.bias")
-        .collect();
+    let without: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "head.bias").collect();
     let path = dir.join("missing_param.safetensors");
     safetensors::serialize_to_file(without, Some(meta.clone()), &path).unwrap();
     let e = load_err(&path);
@@ -216,10 +177,7 @@ fn a_checkpoint_with_a_missing_or_broken_part_is_an_error() {
 
     // A model spec that no longer parses.
     let mut broken = meta.clone();
-    broken.insert(
-        "engram.model".into(),
-        "{\"layers\": [{\"type\": \"conv\"}]}".into(),
-    );
+    broken.insert("engram.model".into(), "{\"layers\": [{\"type\": \"conv\"}]}".into());
     let path = dir.join("bad_spec.safetensors");
     safetensors::serialize_to_file(st.tensors(), Some(broken), &path).unwrap();
     let e = load_err(&path);
@@ -239,11 +197,7 @@ fn load_weights_with_a_wrong_shape_fails_and_changes_nothing() {
     let e = m.load_weights(&path, "").unwrap_err();
     assert_names_path(&e, &path);
     assert!(e.to_string().contains("shape"), "{e}");
-    assert_eq!(
-        weight_bits(&m),
-        before,
-        "a failed load must leave every weight as it was"
-    );
+    assert_eq!(weight_bits(&m), before, "a failed load must leave every weight as it was");
 
     // One layer fewer in the file than in the model: a missing parameter, also all or nothing.
     let mut m = model(json!({ "layers": [
@@ -293,11 +247,7 @@ fn concurrent_saves_to_one_path_leave_a_whole_file() {
         }
     });
     let left = dir.files();
-    assert_eq!(
-        left,
-        ["model.safetensors"],
-        "no temporary files stay behind"
-    );
+    assert_eq!(left, ["model.safetensors"], "no temporary files stay behind");
     let back = Sequential::load(&path).expect("the file is one whole checkpoint");
     assert!(models.iter().any(|m| weight_bits(m) == weight_bits(&back)));
 }

@@ -5,10 +5,7 @@
 mod common;
 
 use common::{compiled, model};
-use engram_core::{
-    CompileConfig, ErrorKind, HostData, HostTensor, InitialState, LayerSpec, Result,
-    SequentialConfig,
-};
+use engram_core::{CompileConfig, ErrorKind, HostData, HostTensor, InitialState, LayerSpec, Result, SequentialConfig};
 use serde_json::{Value, json};
 
 /// The kind and message of an error that must happen.
@@ -20,10 +17,7 @@ fn err<T: std::fmt::Debug>(r: Result<T>) -> (ErrorKind, String) {
 fn assert_err<T: std::fmt::Debug>(r: Result<T>, kind: ErrorKind, mentions: &str) {
     let (k, msg) = err(r);
     assert_eq!(k, kind, "wrong kind for: {msg}");
-    assert!(
-        msg.contains(mentions),
-        "the message should mention {mentions:?}: {msg}"
-    );
+    assert!(msg.contains(mentions), "the message should mention {mentions:?}: {msg}");
 }
 
 fn ids(v: Vec<i32>, shape: &[usize]) -> HostTensor {
@@ -60,36 +54,20 @@ fn regressor() -> engram_core::Sequential {
 #[test]
 fn float_ids_for_an_embedding_are_a_type_error() {
     let m = classifier();
-    assert_err(
-        m.predict(&floats(vec![1.0; 6], &[2, 3]), &[]),
-        ErrorKind::Type,
-        "int32",
-    );
+    assert_err(m.predict(&floats(vec![1.0; 6], &[2, 3]), &[]), ErrorKind::Type, "int32");
 }
 
 #[test]
 fn int_features_for_a_float_model_are_a_type_error() {
     let m = regressor();
-    assert_err(
-        m.predict(&ids(vec![1; 6], &[1, 3, 2]), &[]),
-        ErrorKind::Type,
-        "float",
-    );
+    assert_err(m.predict(&ids(vec![1; 6], &[1, 3, 2]), &[]), ErrorKind::Type, "float");
 }
 
 #[test]
 fn ids_outside_the_vocabulary_are_a_range_error() {
     let m = classifier();
-    assert_err(
-        m.predict(&ids(vec![0, 1, 5], &[1, 3]), &[]),
-        ErrorKind::Range,
-        "[0, 5)",
-    );
-    assert_err(
-        m.predict(&ids(vec![0, -1, 2], &[1, 3]), &[]),
-        ErrorKind::Range,
-        "-1",
-    );
+    assert_err(m.predict(&ids(vec![0, 1, 5], &[1, 3]), &[]), ErrorKind::Range, "[0, 5)");
+    assert_err(m.predict(&ids(vec![0, -1, 2], &[1, 3]), &[]), ErrorKind::Range, "-1");
 }
 
 #[test]
@@ -98,11 +76,7 @@ fn non_finite_features_are_a_range_error() {
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut v = vec![0.5; 6];
         v[3] = bad;
-        assert_err(
-            m.predict(&floats(v, &[1, 3, 2]), &[]),
-            ErrorKind::Range,
-            "finite",
-        );
+        assert_err(m.predict(&floats(v, &[1, 3, 2]), &[]), ErrorKind::Range, "finite");
     }
     let mut m = regressor();
     let x = floats(vec![0.5; 6], &[1, 3, 2]);
@@ -123,77 +97,29 @@ fn a_batch_mismatch_between_x_and_y_is_a_range_error() {
 #[test]
 fn a_wrong_rank_or_size_is_a_range_error() {
     let c = classifier();
-    assert_err(
-        c.predict(&ids(vec![0; 6], &[1, 2, 3]), &[]),
-        ErrorKind::Range,
-        "[batch, seqLen]",
-    );
-    assert_err(
-        c.predict(&ids(vec![0; 3], &[3]), &[]),
-        ErrorKind::Range,
-        "[batch, seqLen]",
-    );
+    assert_err(c.predict(&ids(vec![0; 6], &[1, 2, 3]), &[]), ErrorKind::Range, "[batch, seqLen]");
+    assert_err(c.predict(&ids(vec![0; 3], &[3]), &[]), ErrorKind::Range, "[batch, seqLen]");
     let r = regressor();
-    assert_err(
-        r.predict(&floats(vec![0.0; 6], &[3, 2]), &[]),
-        ErrorKind::Range,
-        "lstm",
-    );
-    assert_err(
-        r.predict(&floats(vec![0.0; 9], &[1, 3, 3]), &[]),
-        ErrorKind::Range,
-        "lstm",
-    );
-    assert_err(
-        r.predict(&floats(vec![], &[0, 3, 2]), &[]),
-        ErrorKind::Range,
-        "batch",
-    );
+    assert_err(r.predict(&floats(vec![0.0; 6], &[3, 2]), &[]), ErrorKind::Range, "lstm");
+    assert_err(r.predict(&floats(vec![0.0; 9], &[1, 3, 3]), &[]), ErrorKind::Range, "lstm");
+    assert_err(r.predict(&floats(vec![], &[0, 3, 2]), &[]), ErrorKind::Range, "batch");
     let d = model(json!({ "layers": [{ "type": "dense", "inputSize": 3, "units": 2 }] }));
-    assert_err(
-        d.predict(&floats(vec![0.0; 3], &[3]), &[]),
-        ErrorKind::Range,
-        "dense",
-    );
+    assert_err(d.predict(&floats(vec![0.0; 3], &[3]), &[]), ErrorKind::Range, "dense");
     // A shape that does not match the data is caught before any model sees it.
-    assert_err(
-        HostTensor::f32(vec![0.0; 5], &[2, 3]),
-        ErrorKind::Range,
-        "6 values",
-    );
+    assert_err(HostTensor::f32(vec![0.0; 5], &[2, 3]), ErrorKind::Range, "6 values");
 }
 
 #[test]
 fn wrong_targets_are_errors_of_the_right_kind() {
     let mut c = classifier();
     let x = ids(vec![0, 1, 2, 3, 4, 0], &[2, 3]);
-    assert_err(
-        c.train_step(&x, &ids(vec![0, 5], &[2]), &[]),
-        ErrorKind::Range,
-        "[0, 5)",
-    );
-    assert_err(
-        c.train_step(&x, &floats(vec![0.0, 1.0], &[2]), &[]),
-        ErrorKind::Type,
-        "int32",
-    );
-    assert_err(
-        c.train_step(&x, &ids(vec![0; 4], &[2, 2]), &[]),
-        ErrorKind::Range,
-        "y",
-    );
+    assert_err(c.train_step(&x, &ids(vec![0, 5], &[2]), &[]), ErrorKind::Range, "[0, 5)");
+    assert_err(c.train_step(&x, &floats(vec![0.0, 1.0], &[2]), &[]), ErrorKind::Type, "int32");
+    assert_err(c.train_step(&x, &ids(vec![0; 4], &[2, 2]), &[]), ErrorKind::Range, "y");
     let mut r = regressor();
     let x = floats(vec![0.0; 12], &[2, 3, 2]);
-    assert_err(
-        r.train_step(&x, &floats(vec![0.0; 4], &[2, 2]), &[]),
-        ErrorKind::Range,
-        "mse",
-    );
-    assert_err(
-        r.train_step(&x, &ids(vec![0; 2], &[2, 1]), &[]),
-        ErrorKind::Type,
-        "float",
-    );
+    assert_err(r.train_step(&x, &floats(vec![0.0; 4], &[2, 2]), &[]), ErrorKind::Range, "mse");
+    assert_err(r.train_step(&x, &ids(vec![0; 2], &[2, 1]), &[]), ErrorKind::Type, "float");
 }
 
 #[test]
@@ -206,21 +132,9 @@ fn bad_initial_states_are_errors() {
         c: floats(vec![0.0; shape.iter().product()], shape),
     };
     assert!(r.predict(&x, &[state("0", &[1, 1, 4])]).is_ok());
-    assert_err(
-        r.predict(&x, &[state("0", &[1, 2, 4])]),
-        ErrorKind::Range,
-        "h0",
-    );
-    assert_err(
-        r.predict(&x, &[state("7", &[1, 1, 4])]),
-        ErrorKind::Range,
-        "no layer",
-    );
-    assert_err(
-        r.predict(&x, &[state("1", &[1, 1, 4])]),
-        ErrorKind::Type,
-        "recurrent",
-    );
+    assert_err(r.predict(&x, &[state("0", &[1, 2, 4])]), ErrorKind::Range, "h0");
+    assert_err(r.predict(&x, &[state("7", &[1, 1, 4])]), ErrorKind::Range, "no layer");
+    assert_err(r.predict(&x, &[state("1", &[1, 1, 4])]), ErrorKind::Type, "recurrent");
 }
 
 #[test]
@@ -259,33 +173,13 @@ fn bad_weights_are_rejected_whole() {
     let before = m.weights().unwrap();
     let good = ("0.bias".to_string(), floats(vec![3.0], &[1]));
     for (bad, kind, mentions) in [
-        (
-            ("0.weight".to_string(), floats(vec![f32::NAN, 0.0], &[1, 2])),
-            ErrorKind::Range,
-            "finite",
-        ),
-        (
-            ("0.weight".to_string(), floats(vec![0.0; 3], &[1, 3])),
-            ErrorKind::Range,
-            "0.weight",
-        ),
-        (
-            ("0.weights".to_string(), floats(vec![0.0; 2], &[1, 2])),
-            ErrorKind::Range,
-            "0.weights",
-        ),
-        (
-            ("0.weight".to_string(), ids(vec![0; 2], &[1, 2])),
-            ErrorKind::Type,
-            "float",
-        ),
+        (("0.weight".to_string(), floats(vec![f32::NAN, 0.0], &[1, 2])), ErrorKind::Range, "finite"),
+        (("0.weight".to_string(), floats(vec![0.0; 3], &[1, 3])), ErrorKind::Range, "0.weight"),
+        (("0.weights".to_string(), floats(vec![0.0; 2], &[1, 2])), ErrorKind::Range, "0.weights"),
+        (("0.weight".to_string(), ids(vec![0; 2], &[1, 2])), ErrorKind::Type, "float"),
     ] {
         assert_err(m.set_weights(&[good.clone(), bad], false), kind, mentions);
-        assert_eq!(
-            m.weights().unwrap(),
-            before,
-            "a rejected call changes nothing, not even 0.bias"
-        );
+        assert_eq!(m.weights().unwrap(), before, "a rejected call changes nothing, not even 0.bias");
     }
     assert_err(m.set_weights(&[good], true), ErrorKind::Range, "missing");
     assert_eq!(m.weights().unwrap(), before);
@@ -302,18 +196,9 @@ fn unknown_layer_types_and_option_names_are_rejected() {
     assert!(e.contains("conv2d"), "{e}");
     // A misspelt option must not be dropped silently, in every variant of the internally tagged enum.
     for (spec, typo) in [
-        (
-            json!({ "type": "lstm", "hiddenSise": 4, "hiddenSize": 4 }),
-            "hiddenSise",
-        ),
-        (
-            json!({ "type": "dense", "units": 2, "inputSize": 3, "activaton": "relu" }),
-            "activaton",
-        ),
-        (
-            json!({ "type": "embedding", "vocabSize": 5, "dim": 2, "dims": 2 }),
-            "dims",
-        ),
+        (json!({ "type": "lstm", "hiddenSise": 4, "hiddenSize": 4 }), "hiddenSise"),
+        (json!({ "type": "dense", "units": 2, "inputSize": 3, "activaton": "relu" }), "activaton"),
+        (json!({ "type": "embedding", "vocabSize": 5, "dim": 2, "dims": 2 }), "dims"),
         (json!({ "type": "dropout", "rate": 0.1, "p": 0.1 }), "p"),
     ] {
         let e = layer(spec).unwrap_err();
@@ -327,8 +212,7 @@ fn unknown_layer_types_and_option_names_are_rejected() {
     assert!(e.contains("type"), "{e}");
     // The same spec without the typo parses, and serialises back to what parses again.
     let ok = layer(json!({ "type": "lstm", "hiddenSize": 4, "inputSize": 2 })).unwrap();
-    let again: SequentialConfig =
-        serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
+    let again: SequentialConfig = serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
     assert_eq!(again, ok);
     assert!(matches!(ok.layers[0], LayerSpec::Lstm(_)));
 }
@@ -342,35 +226,15 @@ fn unknown_compile_options_are_rejected() {
     let sgd = json!({ "type": "sgd" });
     let mse = json!({ "type": "mse" });
     for (optimizer, loss, typo) in [
-        (
-            json!({ "type": "adam", "learningrate": 0.1 }),
-            mse.clone(),
-            "learningrate",
-        ),
-        (
-            sgd.clone(),
-            json!({ "type": "mse", "reduction": "sum" }),
-            "reduction",
-        ),
-        (
-            sgd.clone(),
-            json!({ "type": "crossEntropy", "ignoreIdx": 0 }),
-            "ignoreIdx",
-        ),
+        (json!({ "type": "adam", "learningrate": 0.1 }), mse.clone(), "learningrate"),
+        (sgd.clone(), json!({ "type": "mse", "reduction": "sum" }), "reduction"),
+        (sgd.clone(), json!({ "type": "crossEntropy", "ignoreIdx": 0 }), "ignoreIdx"),
     ] {
         let e = compile(optimizer, loss).unwrap_err();
         assert!(e.contains(&format!("unknown field `{typo}`")), "{e}");
     }
-    assert!(
-        compile(json!({ "type": "rmsprop" }), mse.clone())
-            .unwrap_err()
-            .contains("rmsprop")
-    );
-    assert!(
-        compile(sgd, json!({ "type": "huber" }))
-            .unwrap_err()
-            .contains("huber")
-    );
+    assert!(compile(json!({ "type": "rmsprop" }), mse.clone()).unwrap_err().contains("rmsprop"));
+    assert!(compile(sgd, json!({ "type": "huber" })).unwrap_err().contains("huber"));
 }
 
 #[test]
@@ -379,28 +243,18 @@ fn invalid_specs_are_errors_when_the_model_is_built() {
         let config: SequentialConfig = serde_json::from_value(spec).unwrap();
         engram_core::Sequential::new(config).map(|_| ())
     };
-    assert_err(
-        build(json!({ "layers": [] })),
-        ErrorKind::Range,
-        "at least one layer",
-    );
+    assert_err(build(json!({ "layers": [] })), ErrorKind::Range, "at least one layer");
     assert_err(
         build(json!({ "layers": [{ "type": "lstm", "inputSize": 2, "hiddenSize": 0 }] })),
         ErrorKind::Range,
         "hiddenSize",
     );
     assert_err(
-        build(
-            json!({ "layers": [{ "type": "lstm", "inputSize": 2, "hiddenSize": 3, "dropout": 1.0 }] }),
-        ),
+        build(json!({ "layers": [{ "type": "lstm", "inputSize": 2, "hiddenSize": 3, "dropout": 1.0 }] })),
         ErrorKind::Range,
         "rate",
     );
-    assert_err(
-        build(json!({ "layers": [{ "type": "dense", "units": 2 }] })),
-        ErrorKind::Type,
-        "inputSize",
-    );
+    assert_err(build(json!({ "layers": [{ "type": "dense", "units": 2 }] })), ErrorKind::Type, "inputSize");
     assert_err(
         build(json!({ "layers": [
             { "type": "dense", "inputSize": 2, "units": 3 },
@@ -432,40 +286,15 @@ fn invalid_optimizer_settings_are_errors_at_compile() {
     let mut m = model(json!({ "layers": [{ "type": "dense", "inputSize": 2, "units": 1 }] }));
     let mut compile = |optimizer: Value| {
         let c: CompileConfig =
-            serde_json::from_value(json!({ "optimizer": optimizer, "loss": { "type": "mse" } }))
-                .unwrap();
+            serde_json::from_value(json!({ "optimizer": optimizer, "loss": { "type": "mse" } })).unwrap();
         m.compile(c)
     };
-    assert_err(
-        compile(json!({ "type": "adam", "momentum": 0.9 })),
-        ErrorKind::Type,
-        "momentum",
-    );
-    assert_err(
-        compile(json!({ "type": "sgd", "beta1": 0.9 })),
-        ErrorKind::Type,
-        "beta1",
-    );
-    assert_err(
-        compile(json!({ "type": "sgd", "learningRate": -1.0 })),
-        ErrorKind::Range,
-        "learningRate",
-    );
-    assert_err(
-        compile(json!({ "type": "adam", "beta2": 1.0 })),
-        ErrorKind::Range,
-        "beta2",
-    );
-    assert_err(
-        compile(json!({ "type": "sgd", "nesterov": true })),
-        ErrorKind::Range,
-        "nesterov",
-    );
-    assert_err(
-        compile(json!({ "type": "adamw", "clipNorm": 0.0 })),
-        ErrorKind::Range,
-        "clipNorm",
-    );
+    assert_err(compile(json!({ "type": "adam", "momentum": 0.9 })), ErrorKind::Type, "momentum");
+    assert_err(compile(json!({ "type": "sgd", "beta1": 0.9 })), ErrorKind::Type, "beta1");
+    assert_err(compile(json!({ "type": "sgd", "learningRate": -1.0 })), ErrorKind::Range, "learningRate");
+    assert_err(compile(json!({ "type": "adam", "beta2": 1.0 })), ErrorKind::Range, "beta2");
+    assert_err(compile(json!({ "type": "sgd", "nesterov": true })), ErrorKind::Range, "nesterov");
+    assert_err(compile(json!({ "type": "adamw", "clipNorm": 0.0 })), ErrorKind::Range, "clipNorm");
 }
 
 #[test]
@@ -481,49 +310,20 @@ fn an_empty_axis_is_a_range_error() {
     // A zero-length sequence through a dense-only model used to reach the losses and underflow there.
     let x = floats(vec![], &[2, 0, 3]);
     let dense = json!({ "layers": [{ "type": "dense", "inputSize": 3, "units": 4 }] });
-    let mut ce = compiled(
-        dense.clone(),
-        json!({ "type": "sgd" }),
-        json!({ "type": "crossEntropy" }),
-    );
-    assert_err(
-        ce.train_step(&x, &ids(vec![1, 2], &[2]), &[]),
-        ErrorKind::Range,
-        "empty axis",
-    );
+    let mut ce = compiled(dense.clone(), json!({ "type": "sgd" }), json!({ "type": "crossEntropy" }));
+    assert_err(ce.train_step(&x, &ids(vec![1, 2], &[2]), &[]), ErrorKind::Range, "empty axis");
     let mut mse = compiled(dense, json!({ "type": "sgd" }), json!({ "type": "mse" }));
-    assert_err(
-        mse.train_step(&x, &floats(vec![0.0; 8], &[2, 4]), &[]),
-        ErrorKind::Range,
-        "empty axis",
-    );
-    assert_err(
-        mse.predict(&floats(vec![], &[0, 3]), &[]),
-        ErrorKind::Range,
-        "batch",
-    );
-    assert_err(
-        classifier().predict(&ids(vec![], &[2, 0]), &[]),
-        ErrorKind::Range,
-        "empty axis",
-    );
+    assert_err(mse.train_step(&x, &floats(vec![0.0; 8], &[2, 4]), &[]), ErrorKind::Range, "empty axis");
+    assert_err(mse.predict(&floats(vec![], &[0, 3]), &[]), ErrorKind::Range, "batch");
+    assert_err(classifier().predict(&ids(vec![], &[2, 0]), &[]), ErrorKind::Range, "empty axis");
 }
 
 #[test]
 fn integer_tensors_come_back_as_integers() {
     // An int32 tensor in a state dict must not turn into float weights on the way in.
     let t = engram_core::Tensor::new(&[1i32, -2, 3], &engram_core::Device::Cpu).unwrap();
-    assert_eq!(
-        HostTensor::from_tensor(&t).unwrap().data,
-        HostData::I32(vec![1, -2, 3])
-    );
-    let mut m = model(
-        json!({ "layers": [{ "type": "dense", "inputSize": 3, "units": 1, "useBias": false }] }),
-    );
+    assert_eq!(HostTensor::from_tensor(&t).unwrap().data, HostData::I32(vec![1, -2, 3]));
+    let mut m = model(json!({ "layers": [{ "type": "dense", "inputSize": 3, "units": 1, "useBias": false }] }));
     let w = HostTensor::from_tensor(&t.reshape((1, 3)).unwrap()).unwrap();
-    assert_err(
-        m.set_weights(&[("0.weight".into(), w)], true),
-        ErrorKind::Type,
-        "float",
-    );
+    assert_err(m.set_weights(&[("0.weight".into(), w)], true), ErrorKind::Type, "float");
 }

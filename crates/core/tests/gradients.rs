@@ -57,12 +57,7 @@ fn loss_at(
 }
 
 fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
 }
 
 /// Which elements of a parameter of `n` values to check.
@@ -70,9 +65,7 @@ fn sample(n: usize, analytic: &[f64], rng: &mut Rng) -> Vec<usize> {
     if n <= 3 + PICKS {
         return (0..n).collect();
     }
-    let largest = (0..n)
-        .max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs()))
-        .unwrap();
+    let largest = (0..n).max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs())).unwrap();
     let mut picks = vec![0, n - 1, largest];
     while picks.len() < 3 + PICKS {
         let i = (rng.next_u64() % n as u64) as usize;
@@ -84,30 +77,17 @@ fn sample(n: usize, analytic: &[f64], rng: &mut Rng) -> Vec<usize> {
 }
 
 /// Checks a sample of the elements of every parameter of `m`.
-fn assert_gradients_match(
-    m: &mut Sequential,
-    x: &HostTensor,
-    y: &HostTensor,
-    states: &[InitialState],
-    f: Forward,
-) {
+fn assert_gradients_match(m: &mut Sequential, x: &HostTensor, y: &HostTensor, states: &[InitialState], f: Forward) {
     let rng = m.rng_state();
     let (_, grads) = m.gradients(x, y, states).unwrap();
-    let params: Vec<(String, candle_core::Var)> = m
-        .params()
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect();
+    let params: Vec<(String, candle_core::Var)> = m.params().iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
     assert!(!params.is_empty());
     let mut pick = Rng::new(12345);
     for ((name, var), grad) in params.iter().zip(&grads) {
         assert_eq!(grad.dims(), var.dims(), "{name}: gradient shape");
         let analytic = to_f64(grad);
         let base = to_f64(var.as_tensor());
-        let set = |v: &[f64]| {
-            var.set(&Tensor::from_slice(v, var.dims(), var.device()).unwrap())
-                .unwrap()
-        };
+        let set = |v: &[f64]| var.set(&Tensor::from_slice(v, var.dims(), var.device()).unwrap()).unwrap();
         for i in sample(base.len(), &analytic, &mut pick) {
             let mut w = base.clone();
             w[i] = base[i] + H;
@@ -120,10 +100,7 @@ fn assert_gradients_match(
             let numeric = (plus - minus) / (2.0 * H);
             let a = analytic[i];
             let err = (a - numeric).abs() / a.abs().max(numeric.abs()).max(FLOOR);
-            assert!(
-                err <= TOL,
-                "{name}[{i}]: analytic {a:e}, numeric {numeric:e}, relative error {err:e}"
-            );
+            assert!(err <= TOL, "{name}[{i}]: analytic {a:e}, numeric {numeric:e}, relative error {err:e}");
         }
     }
 }
@@ -200,11 +177,7 @@ fn check_lstm(layers: usize, return_sequences: bool, with_state: bool) {
     ]});
     let (batch, seq_len) = (2, 4);
     let x = floats(&mut r, &[batch, seq_len, 3], -1.0, 1.0);
-    let y_shape: &[usize] = if return_sequences {
-        &[batch, seq_len, 2]
-    } else {
-        &[batch, 2]
-    };
+    let y_shape: &[usize] = if return_sequences { &[batch, seq_len, 2] } else { &[batch, 2] };
     let y = floats(&mut r, y_shape, -1.0, 1.0);
     let states = if with_state {
         vec![InitialState {
@@ -262,9 +235,7 @@ fn check_cross_entropy(y: HostTensor) {
 
 #[test]
 fn cross_entropy_every_step_with_ignored_targets_matches_finite_differences() {
-    check_cross_entropy(
-        HostTensor::i32(vec![1, -100, 3, 8, 0, 5, -100, 2, 7, 7, 4, -100], &[3, 4]).unwrap(),
-    );
+    check_cross_entropy(HostTensor::i32(vec![1, -100, 3, 8, 0, 5, -100, 2, 7, 7, 4, -100], &[3, 4]).unwrap());
 }
 
 #[test]
@@ -318,11 +289,7 @@ fn dropout_with_fixed_masks_matches_finite_differences() {
 fn dropout_acts_in_training_only() {
     let (mut m, x, y) = dropout_model(8);
     let inference = m.evaluate(&x, &y, &[]).unwrap();
-    assert_eq!(
-        inference,
-        m.evaluate(&x, &y, &[]).unwrap(),
-        "inference is deterministic"
-    );
+    assert_eq!(inference, m.evaluate(&x, &y, &[]).unwrap(), "inference is deterministic");
     let start = m.rng_state();
     let (first, g1) = m.gradients(&x, &y, &[]).unwrap();
     let (second, _) = m.gradients(&x, &y, &[]).unwrap();
@@ -330,10 +297,7 @@ fn dropout_acts_in_training_only() {
     assert_ne!(first, second, "each training pass draws new masks");
     m.set_rng_state(start);
     let (again, g2) = m.gradients(&x, &y, &[]).unwrap();
-    assert_eq!(
-        first, again,
-        "the same generator state gives the same masks"
-    );
+    assert_eq!(first, again, "the same generator state gives the same masks");
     for (a, b) in g1.iter().zip(&g2) {
         assert_eq!(to_f64(a), to_f64(b));
     }
@@ -356,23 +320,14 @@ fn every_parameter_gets_a_nonzero_gradient() {
     assert_eq!(names.len(), 1 + 8 + 2);
     for (name, g) in names.iter().zip(&grads) {
         let g = to_f64(g);
-        assert!(
-            g.iter().all(|v| v.is_finite()),
-            "{name}: non-finite gradient"
-        );
+        assert!(g.iter().all(|v| v.is_finite()), "{name}: non-finite gradient");
         if name.starts_with("1.") {
             // Every gate block (i, f, g, o) of every LSTM weight and bias must be reached.
             for (k, gate) in g.chunks(g.len() / 4).enumerate() {
-                assert!(
-                    gate.iter().any(|&v| v != 0.0),
-                    "{name}: gate block {k} gets no gradient"
-                );
+                assert!(gate.iter().any(|&v| v != 0.0), "{name}: gate block {k} gets no gradient");
             }
         } else {
-            assert!(
-                g.iter().any(|&v| v != 0.0),
-                "{name}: the loss does not reach this parameter"
-            );
+            assert!(g.iter().any(|&v| v != 0.0), "{name}: the loss does not reach this parameter");
         }
     }
 }

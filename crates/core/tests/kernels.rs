@@ -11,16 +11,7 @@ fn random(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    a.sub(b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
 }
 
 struct Case {
@@ -49,13 +40,7 @@ fn loss(c: &Case, fused: bool) -> Tensor {
         let s0 = Tensor::cat(&[c.h0.as_tensor(), c.c0.as_tensor()], 1).unwrap();
         lstm_seq(c.xp.as_tensor(), c.w.as_tensor(), &s0).unwrap()
     } else {
-        recurrence_generic(
-            c.xp.as_tensor(),
-            c.w.as_tensor(),
-            c.h0.as_tensor(),
-            c.c0.as_tensor(),
-        )
-        .unwrap()
+        recurrence_generic(c.xp.as_tensor(), c.w.as_tensor(), c.h0.as_tensor(), c.c0.as_tensor()).unwrap()
     };
     out.mul(&c.weights).unwrap().sum_all().unwrap()
 }
@@ -66,28 +51,15 @@ fn fused_lstm_matches_the_generic_recurrence_forward_and_backward() {
         let c = case(b, t, h, (b * 100 + t * 10 + h) as u64);
         let lf = loss(&c, true);
         let lg = loss(&c, false);
-        let (vf, vg) = (
-            lf.to_scalar::<f64>().unwrap(),
-            lg.to_scalar::<f64>().unwrap(),
-        );
-        assert!(
-            (vf - vg).abs() < 1e-12 * vg.abs().max(1.0),
-            "loss {vf} vs {vg}"
-        );
+        let (vf, vg) = (lf.to_scalar::<f64>().unwrap(), lg.to_scalar::<f64>().unwrap());
+        assert!((vf - vg).abs() < 1e-12 * vg.abs().max(1.0), "loss {vf} vs {vg}");
         let gf = lf.backward().unwrap();
         let gg = lg.backward().unwrap();
         for (name, v) in [("xp", &c.xp), ("w_hh", &c.w), ("h0", &c.h0), ("c0", &c.c0)] {
-            let a = gf
-                .get(v.as_tensor())
-                .unwrap_or_else(|| panic!("fused: no gradient for {name}"));
-            let e = gg
-                .get(v.as_tensor())
-                .unwrap_or_else(|| panic!("generic: no gradient for {name}"));
+            let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("fused: no gradient for {name}"));
+            let e = gg.get(v.as_tensor()).unwrap_or_else(|| panic!("generic: no gradient for {name}"));
             let d = max_abs_diff(a, e);
-            assert!(
-                d < 1e-11,
-                "{name} gradient differs by {d} for b={b} t={t} h={h}"
-            );
+            assert!(d < 1e-11, "{name} gradient differs by {d} for b={b} t={t} h={h}");
         }
     }
 }
@@ -98,36 +70,20 @@ fn fused_lstm_backward_matches_finite_differences() {
     let grads = loss(&c, true).backward().unwrap();
     let eps = 1e-6;
     for (name, v) in [("xp", &c.xp), ("w_hh", &c.w), ("h0", &c.h0), ("c0", &c.c0)] {
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = v
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
         let shape = v.as_tensor().dims().to_vec();
         for i in (0..base.len()).step_by(base.len().div_ceil(12)) {
             let at = |delta: f64| {
                 let mut p = base.clone();
                 p[i] += delta;
-                v.set(&Tensor::from_vec(p, shape.as_slice(), &Device::Cpu).unwrap())
-                    .unwrap();
+                v.set(&Tensor::from_vec(p, shape.as_slice(), &Device::Cpu).unwrap()).unwrap();
                 loss(&c, true).to_scalar::<f64>().unwrap()
             };
             let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
             at(0.0);
             let err = (numeric - g[i]).abs() / numeric.abs().max(g[i].abs()).max(1e-3);
-            assert!(
-                err < 1e-6,
-                "{name}[{i}]: analytic {} numeric {numeric} (relative error {err})",
-                g[i]
-            );
+            assert!(err < 1e-6, "{name}[{i}]: analytic {} numeric {numeric} (relative error {err})", g[i]);
         }
     }
 }

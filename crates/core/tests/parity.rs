@@ -29,8 +29,7 @@ fn classifier(optimizer: Value) -> Sequential {
         json!({ "type": "crossEntropy", "ignoreIndex": -100 }),
     );
     // The fixture also holds inputs, gradients and stepped weights; load_weights keeps only the model's names.
-    m.load_weights(fixture_path(CE_FIXTURE), "")
-        .expect("the fixture loads as a state dict");
+    m.load_weights(fixture_path(CE_FIXTURE), "").expect("the fixture loads as a state dict");
     m
 }
 
@@ -39,8 +38,7 @@ fn assert_steps_match(optimizer: Value, steps: usize, tag: &str) -> Sequential {
     let f = Fixture::open(CE_FIXTURE);
     let mut m = classifier(optimizer);
     for _ in 0..steps {
-        m.train_step(&f.i32("input"), &f.i32("target"), &[])
-            .unwrap();
+        m.train_step(&f.i32("input"), &f.i32("target"), &[]).unwrap();
     }
     let want = f.tagged(tag, &m);
     for (name, got) in common::weights(&m) {
@@ -62,19 +60,8 @@ fn lstm_classifier_forward_loss_and_gradients_match_pytorch() {
     let names: Vec<String> = m.params().iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(names.len(), 11);
     for (name, g) in names.iter().zip(&grads) {
-        let got: Vec<f64> = g
-            .flatten_all()
-            .unwrap()
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_close(
-            &format!("grad {name}"),
-            &got,
-            f.values(&format!("grad.{name}")),
-            TOL,
-        );
+        let got: Vec<f64> = g.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap();
+        assert_close(&format!("grad {name}"), &got, f.values(&format!("grad.{name}")), TOL);
     }
 }
 
@@ -94,32 +81,17 @@ fn adam_one_and_two_steps_match_pytorch() {
 
 #[test]
 fn adamw_step_matches_pytorch() {
-    assert_steps_match(
-        json!({ "type": "adamw", "learningRate": 0.01, "weightDecay": 0.1 }),
-        1,
-        "adamw",
-    );
+    assert_steps_match(json!({ "type": "adamw", "learningRate": 0.01, "weightDecay": 0.1 }), 1, "adamw");
 }
 
 #[test]
 fn clip_norm_then_sgd_matches_pytorch() {
     let f = Fixture::open(CE_FIXTURE);
     let mut m = classifier(json!({ "type": "sgd", "learningRate": 0.1, "clipNorm": 0.05 }));
-    let out = m
-        .train_step(&f.i32("input"), &f.i32("target"), &[])
-        .unwrap();
+    let out = m.train_step(&f.i32("input"), &f.i32("target"), &[]).unwrap();
     // The norm before clipping, as clip_grad_norm_ returns it; it is well above 0.05, so clipping did act.
-    assert_close(
-        "grad norm",
-        &[out.grad_norm],
-        &[f.scalar("clip.grad_norm")],
-        TOL,
-    );
-    assert!(
-        out.grad_norm > 0.05 * 2.0,
-        "the fixture should exercise clipping, norm {}",
-        out.grad_norm
-    );
+    assert_close("grad norm", &[out.grad_norm], &[f.scalar("clip.grad_norm")], TOL);
+    assert!(out.grad_norm > 0.05 * 2.0, "the fixture should exercise clipping, norm {}", out.grad_norm);
     let want = f.tagged("clip", &m);
     for (name, got) in common::weights(&m) {
         assert_close(&format!("clip {name}"), &got, &want[&name], TOL);
@@ -133,10 +105,7 @@ fn load_weights_strips_a_prefix() {
     m.load_weights(fixture_path(CE_FIXTURE), "adamw.").unwrap();
     let want = f.tagged("adamw", &m);
     for (name, got) in common::weights(&m) {
-        assert_eq!(
-            got, want[&name],
-            "{name} should be the stored float32 values exactly"
-        );
+        assert_eq!(got, want[&name], "{name} should be the stored float32 values exactly");
     }
 }
 
@@ -151,8 +120,7 @@ fn lstm_regressor_last_step_mse_matches_pytorch() {
         json!({ "type": "sgd" }),
         json!({ "type": "mse" }),
     );
-    m.load_weights(fixture_path("lstm_mse_parity.safetensors"), "")
-        .unwrap();
+    m.load_weights(fixture_path("lstm_mse_parity.safetensors"), "").unwrap();
     let out = m.predict(&f.f32("input"), &[]).unwrap();
     assert_eq!(out.shape, [2, 3]);
     assert_close("output", &values(&out), f.values("output"), TOL);
@@ -161,18 +129,7 @@ fn lstm_regressor_last_step_mse_matches_pytorch() {
     let names: Vec<String> = m.params().iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(names.len(), 6);
     for (name, g) in names.iter().zip(&grads) {
-        let got: Vec<f64> = g
-            .flatten_all()
-            .unwrap()
-            .to_dtype(candle_core::DType::F64)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_close(
-            &format!("grad {name}"),
-            &got,
-            f.values(&format!("grad.{name}")),
-            TOL,
-        );
+        let got: Vec<f64> = g.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap();
+        assert_close(&format!("grad {name}"), &got, f.values(&format!("grad.{name}")), TOL);
     }
 }

@@ -29,10 +29,7 @@ fn adding_batch(rng: &mut Rng, batch: usize, seq_len: usize) -> (HostTensor, Hos
             }
         }
     }
-    (
-        HostTensor::f32(x, &[batch, seq_len, 2]).unwrap(),
-        HostTensor::f32(y, &[batch, 1]).unwrap(),
-    )
+    (HostTensor::f32(x, &[batch, seq_len, 2]).unwrap(), HostTensor::f32(y, &[batch, 1]).unwrap())
 }
 
 #[test]
@@ -66,14 +63,8 @@ fn lstm_learns_the_adding_problem() {
         steps += CHECK_EVERY;
         mse = m.evaluate(&test_x, &test_y, &[]).unwrap();
     }
-    eprintln!(
-        "adding problem: test mse {mse:.4} after {steps} steps in {:.1?}",
-        start.elapsed()
-    );
-    assert!(
-        mse < TARGET,
-        "test mse {mse} after {steps} steps (predicting the mean scores 0.167)"
-    );
+    eprintln!("adding problem: test mse {mse:.4} after {steps} steps in {:.1?}", start.elapsed());
+    assert!(mse < TARGET, "test mse {mse} after {steps} steps (predicting the mean scores 0.167)");
 }
 
 /// Embedding, a two-layer LSTM with dropout between its layers, a dropout layer, a dense head: every
@@ -114,11 +105,7 @@ fn same_seed_trains_to_bit_identical_weights() {
 fn a_different_seed_trains_to_different_weights() {
     let mut a = dropout_model(3);
     let mut b = dropout_model(4);
-    assert_ne!(
-        weights(&a),
-        weights(&b),
-        "the seed draws the initial weights"
-    );
+    assert_ne!(weights(&a), weights(&b), "the seed draws the initial weights");
     // Same initial weights, different seeds: only the dropout masks differ, and they must change the result.
     let start: Vec<_> = a.weights().unwrap();
     b.set_weights(&start, true).unwrap();
@@ -126,10 +113,7 @@ fn a_different_seed_trains_to_different_weights() {
     train_a_few_steps(&mut b);
     let (wa, wb) = (weights(&a), weights(&b));
     for (name, va) in &wa {
-        assert_ne!(
-            va, &wb[name],
-            "{name}: the dropout masks should come from the seed"
-        );
+        assert_ne!(va, &wb[name], "{name}: the dropout masks should come from the seed");
     }
 }
 
@@ -140,10 +124,7 @@ fn training_reduces_the_loss_on_a_tiny_char_task() {
     let mut vocab: Vec<char> = text.chars().collect();
     vocab.sort_unstable();
     vocab.dedup();
-    let codes: Vec<i32> = text
-        .chars()
-        .map(|c| vocab.iter().position(|&v| v == c).unwrap() as i32)
-        .collect();
+    let codes: Vec<i32> = text.chars().map(|c| vocab.iter().position(|&v| v == c).unwrap() as i32).collect();
     let (batch, seq_len) = (8, 16);
     let windows = codes.len() - seq_len - 1;
     let mut m = compiled(
@@ -164,10 +145,7 @@ fn training_reduces_the_loss_on_a_tiny_char_task() {
             x.extend_from_slice(&codes[s..s + seq_len]);
             y.extend_from_slice(&codes[s + 1..s + seq_len + 1]);
         }
-        (
-            HostTensor::i32(x, &[batch, seq_len]).unwrap(),
-            HostTensor::i32(y, &[batch, seq_len]).unwrap(),
-        )
+        (HostTensor::i32(x, &[batch, seq_len]).unwrap(), HostTensor::i32(y, &[batch, seq_len]).unwrap())
     };
     let (ex, ey) = batch_at(&mut rng);
     let before = m.evaluate(&ex, &ey, &[]).unwrap();
@@ -178,10 +156,7 @@ fn training_reduces_the_loss_on_a_tiny_char_task() {
     let after = m.evaluate(&ex, &ey, &[]).unwrap();
     eprintln!("char task: loss {before:.3} -> {after:.3}");
     // Uniform guessing scores ln(vocab) = ln(12) = 2.48; the first few characters of a window stay uncertain.
-    assert!(
-        after < 0.5 && after < before / 4.0,
-        "loss {before} -> {after}"
-    );
+    assert!(after < 0.5 && after < before / 4.0, "loss {before} -> {after}");
 }
 
 #[test]
@@ -197,10 +172,7 @@ fn float64_training_also_converges() {
     );
     let mut r = Rng::new(4);
     let xs: Vec<f64> = (0..64 * 3).map(|_| r.uniform(-1.0, 1.0)).collect();
-    let ys: Vec<f64> = xs
-        .chunks(3)
-        .map(|c| c[0] - 2.0 * c[1] + 0.5 * c[2])
-        .collect();
+    let ys: Vec<f64> = xs.chunks(3).map(|c| c[0] - 2.0 * c[1] + 0.5 * c[2]).collect();
     let (x, y) = (f64_tensor(xs, &[64, 3]), f64_tensor(ys, &[64, 1]));
     let before = m.evaluate(&x, &y, &[]).unwrap();
     for _ in 0..200 {

@@ -185,9 +185,7 @@ impl<T: Real> CustomOp3 for LstmSeq<T> {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let guard = self.saved.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))?;
-        let Some(saved) = guard.as_ref() else {
-            candle_core::bail!("lstm kernel: backward without saved activations")
-        };
+        let Some(saved) = guard.as_ref() else { candle_core::bail!("lstm kernel: backward without saved activations") };
         let w = w_hh.flatten_all()?.to_vec1::<T>()?;
         let dout = grad.flatten_all()?.to_vec1::<T>()?;
         let (dxp, dw, ds0) = self.backward(saved, &w, &dout);

@@ -105,12 +105,7 @@ impl Lstm {
     ) -> Result<Tensor> {
         let dims = x.dims();
         if dims.len() != 3 || dims[2] != self.input_size || dims[1] == 0 {
-            return Err(Error::shape(
-                "lstm",
-                "input",
-                format!("[batch, seqLen >= 1, {}]", self.input_size),
-                dims,
-            ));
+            return Err(Error::shape("lstm", "input", format!("[batch, seqLen >= 1, {}]", self.input_size), dims));
         }
         let (batch, seq_len) = (dims[0], dims[1]);
         if let Some(s) = state {

@@ -91,10 +91,7 @@ impl Params {
 
     /// The current values, tracked by autograd for a training forward, detached otherwise.
     pub(crate) fn tensors(&self, track: bool) -> Vec<Tensor> {
-        self.entries
-            .iter()
-            .map(|(_, v)| if track { v.as_tensor().clone() } else { v.as_detached_tensor() })
-            .collect()
+        self.entries.iter().map(|(_, v)| if track { v.as_tensor().clone() } else { v.as_detached_tensor() }).collect()
     }
 }
 
@@ -138,8 +135,7 @@ pub(crate) fn dropout(x: &Tensor, rate: f64, ctx: &mut ForwardCtx) -> Result<Ten
         return Ok(x.clone());
     }
     let scale = 1.0 / (1.0 - rate);
-    let mask: Vec<f64> =
-        (0..x.elem_count()).map(|_| if ctx.rng.next_f64() < rate { 0.0 } else { scale }).collect();
+    let mask: Vec<f64> = (0..x.elem_count()).map(|_| if ctx.rng.next_f64() < rate { 0.0 } else { scale }).collect();
     let mask = Tensor::from_vec(mask, x.dims(), x.device())?.to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
 }

@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::layers::{
-    Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerSpec, Lstm, LstmState, Params,
-};
+use crate::layers::{Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerSpec, Lstm, LstmState, Params};
 use crate::rng::Rng;
 use crate::train::{LossSpec, Optimizer, OptimizerConfig, OptimizerSpec};
 
@@ -235,9 +233,9 @@ impl Sequential {
     }
 
     fn compiled_mut(&mut self) -> Result<&mut Compiled> {
-        self.compiled.as_mut().ok_or_else(|| {
-            Error::State("the model is not compiled: call compile({ optimizer, loss }) first".into())
-        })
+        self.compiled
+            .as_mut()
+            .ok_or_else(|| Error::State("the model is not compiled: call compile({ optimizer, loss }) first".into()))
     }
 
     /// Validates the input and makes it a tensor on the model's device.
@@ -321,19 +319,15 @@ impl Sequential {
     }
 
     fn loss_spec(&self) -> Result<&LossSpec> {
-        self.compiled.as_ref().map(|c| &c.loss).ok_or_else(|| {
-            Error::State("the model is not compiled: call compile({ optimizer, loss }) first".into())
-        })
+        self.compiled
+            .as_ref()
+            .map(|c| &c.loss)
+            .ok_or_else(|| Error::State("the model is not compiled: call compile({ optimizer, loss }) first".into()))
     }
 
     /// Loss and gradient of every parameter for one batch in training mode, without an update.
     /// Returns gradients in parameter order (zeros for a parameter the loss does not reach).
-    pub fn gradients(
-        &mut self,
-        x: &HostTensor,
-        y: &HostTensor,
-        states: &[InitialState],
-    ) -> Result<(f64, Vec<Tensor>)> {
+    pub fn gradients(&mut self, x: &HostTensor, y: &HostTensor, states: &[InitialState]) -> Result<(f64, Vec<Tensor>)> {
         let loss_spec = self.loss_spec()?.clone();
         check_batch(x, y)?;
         let xt = self.input_tensor(x)?;
@@ -437,16 +431,30 @@ impl Sequential {
             .collect();
         let mut s = String::new();
         for (k, r) in rows.iter().enumerate() {
-            s.push_str(&format!("{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}\n", r.0, r.1, r.2, r.3, w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]));
+            s.push_str(&format!(
+                "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}\n",
+                r.0,
+                r.1,
+                r.2,
+                r.3,
+                w0 = w[0],
+                w1 = w[1],
+                w2 = w[2],
+                w3 = w[3]
+            ));
             if k == 0 {
                 s.push_str(&"-".repeat(w.iter().sum::<usize>() + 6));
                 s.push('\n');
             }
         }
-        s.push_str(&format!("Total parameters: {} ({})\n", self.param_count(), match self.dtype {
-            DType::F64 => "float64",
-            _ => "float32",
-        }));
+        s.push_str(&format!(
+            "Total parameters: {} ({})\n",
+            self.param_count(),
+            match self.dtype {
+                DType::F64 => "float64",
+                _ => "float32",
+            }
+        ));
         s
     }
 

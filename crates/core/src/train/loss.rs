@@ -58,7 +58,12 @@ pub(crate) fn cross_entropy(logits: &Tensor, y: &HostTensor, ignore_index: i64) 
     };
     let dims = logits.dims().to_vec();
     if dims.len() < 2 {
-        return Err(Error::shape("crossEntropy", "the model output", "[batch, classes] or [batch, seqLen, classes]", &dims));
+        return Err(Error::shape(
+            "crossEntropy",
+            "the model output",
+            "[batch, classes] or [batch, seqLen, classes]",
+            &dims,
+        ));
     }
     let classes = dims[dims.len() - 1];
     let lead = &dims[..dims.len() - 1];

@@ -19,17 +19,13 @@ pub fn model(spec: Value) -> Sequential {
 pub fn compiled(spec: Value, optimizer: Value, loss: Value) -> Sequential {
     let mut m = model(spec);
     let c: CompileConfig =
-        serde_json::from_value(serde_json::json!({ "optimizer": optimizer, "loss": loss }))
-            .expect("valid compile");
+        serde_json::from_value(serde_json::json!({ "optimizer": optimizer, "loss": loss })).expect("valid compile");
     m.compile(c).expect("compiles");
     m
 }
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }
 
 /// A scratch directory for one test, removed when dropped. The process id keeps runs apart: several
@@ -38,8 +34,7 @@ pub struct Scratch(PathBuf);
 
 impl Scratch {
     pub fn new(test: &str) -> Self {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("{test}-{}", std::process::id()));
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch dir");
         Scratch(dir)
@@ -52,9 +47,7 @@ impl Scratch {
     /// The names of the files in the directory.
     pub fn files(&self) -> Vec<String> {
         let entries = std::fs::read_dir(&self.0).expect("read scratch dir");
-        entries
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect()
+        entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
     }
 }
 
@@ -71,29 +64,16 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn open(name: &str) -> Self {
-        let bytes = std::fs::read(fixture_path(name))
-            .expect("fixture exists (run scripts/make-fixtures.py)");
+        let bytes = std::fs::read(fixture_path(name)).expect("fixture exists (run scripts/make-fixtures.py)");
         let st = SafeTensors::deserialize(&bytes).expect("fixture parses");
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let b = view.data();
             let values: Vec<f64> = match view.dtype() {
-                Dtype::F32 => b
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                    .collect(),
-                Dtype::F64 => b
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                Dtype::I32 => b
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
-                    .collect(),
-                Dtype::I64 => b
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-                    .collect(),
+                Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+                Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+                Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
                 other => panic!("fixture tensor {name}: unexpected dtype {other:?}"),
             };
             tensors.insert(name, (view.shape().to_vec(), values));
@@ -102,9 +82,7 @@ impl Fixture {
     }
 
     fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
+        self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no tensor {name}"))
     }
 
     pub fn values(&self, name: &str) -> &[f64] {
@@ -127,11 +105,7 @@ impl Fixture {
 
     /// The tensors named `<tag>.<param>` for every parameter of `model`, keyed by parameter name.
     pub fn tagged(&self, tag: &str, model: &Sequential) -> BTreeMap<String, Vec<f64>> {
-        model
-            .params()
-            .iter()
-            .map(|(n, _)| (n.to_string(), self.values(&format!("{tag}.{n}")).to_vec()))
-            .collect()
+        model.params().iter().map(|(n, _)| (n.to_string(), self.values(&format!("{tag}.{n}")).to_vec())).collect()
     }
 }
 
@@ -146,37 +120,23 @@ pub fn values(t: &HostTensor) -> Vec<f64> {
 
 /// Every parameter by name, as f64.
 pub fn weights(model: &Sequential) -> BTreeMap<String, Vec<f64>> {
-    model
-        .weights()
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| (n, values(&t)))
-        .collect()
+    model.weights().unwrap().into_iter().map(|(n, t)| (n, values(&t))).collect()
 }
 
 /// Every parameter by name, as raw bits: for "bit-identical" comparisons.
 pub fn weight_bits(model: &Sequential) -> BTreeMap<String, Vec<u64>> {
-    weights(model)
-        .into_iter()
-        .map(|(n, v)| (n, v.into_iter().map(f64::to_bits).collect()))
-        .collect()
+    weights(model).into_iter().map(|(n, v)| (n, v.into_iter().map(f64::to_bits).collect())).collect()
 }
 
 /// `max |got - want| / max(1, |want|)`: absolute near zero, relative for large values.
 pub fn max_scaled_diff(got: &[f64], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
-    got.iter()
-        .zip(want)
-        .map(|(g, w)| (g - w).abs() / w.abs().max(1.0))
-        .fold(0.0, f64::max)
+    got.iter().zip(want).map(|(g, w)| (g - w).abs() / w.abs().max(1.0)).fold(0.0, f64::max)
 }
 
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     let d = max_scaled_diff(got, want);
-    assert!(
-        d <= tol,
-        "{what}: max scaled difference {d:e} exceeds {tol:e}"
-    );
+    assert!(d <= tol, "{what}: max scaled difference {d:e} exceeds {tol:e}");
 }
 
 /// `n` floats uniform in [low, high) from a seeded generator.
@@ -186,9 +146,7 @@ pub fn uniform(rng: &mut Rng, n: usize, low: f64, high: f64) -> Vec<f64> {
 
 /// `n` ids uniform in [0, vocab).
 pub fn ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<i32> {
-    (0..n)
-        .map(|_| (rng.next_u64() % vocab as u64) as i32)
-        .collect()
+    (0..n).map(|_| (rng.next_u64() % vocab as u64) as i32).collect()
 }
 
 pub fn f64_tensor(v: Vec<f64>, shape: &[usize]) -> HostTensor {
