@@ -13,8 +13,8 @@
 
 mod common;
 
-use candle_core::{DType, Tensor};
-use common::{compiled, f64_tensor, ids, uniform};
+use candle_core::Tensor;
+use common::{compiled, f64_tensor, ids, tensor_values, uniform};
 use engram_core::{HostTensor, InitialState, Rng, Sequential};
 use serde_json::{Value, json};
 
@@ -56,10 +56,6 @@ fn loss_at(
     }
 }
 
-fn to_f64(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
-}
-
 /// Which elements of a parameter of `n` values to check.
 fn sample(n: usize, analytic: &[f64], rng: &mut Rng) -> Vec<usize> {
     if n <= 3 + PICKS {
@@ -85,8 +81,8 @@ fn assert_gradients_match(m: &mut Sequential, x: &HostTensor, y: &HostTensor, st
     let mut pick = Rng::new(12345);
     for ((name, var), grad) in params.iter().zip(&grads) {
         assert_eq!(grad.dims(), var.dims(), "{name}: gradient shape");
-        let analytic = to_f64(grad);
-        let base = to_f64(var.as_tensor());
+        let analytic = tensor_values(grad);
+        let base = tensor_values(var.as_tensor());
         let set = |v: &[f64]| var.set(&Tensor::from_slice(v, var.dims(), var.device()).unwrap()).unwrap();
         for i in sample(base.len(), &analytic, &mut pick) {
             let mut w = base.clone();
@@ -299,7 +295,7 @@ fn dropout_acts_in_training_only() {
     let (again, g2) = m.gradients(&x, &y, &[]).unwrap();
     assert_eq!(first, again, "the same generator state gives the same masks");
     for (a, b) in g1.iter().zip(&g2) {
-        assert_eq!(to_f64(a), to_f64(b));
+        assert_eq!(tensor_values(a), tensor_values(b));
     }
 }
 
@@ -319,7 +315,7 @@ fn every_parameter_gets_a_nonzero_gradient() {
     let names: Vec<String> = m.params().iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(names.len(), 1 + 8 + 2);
     for (name, g) in names.iter().zip(&grads) {
-        let g = to_f64(g);
+        let g = tensor_values(g);
         assert!(g.iter().all(|v| v.is_finite()), "{name}: non-finite gradient");
         if name.starts_with("1.") {
             // Every gate block (i, f, g, o) of every LSTM weight and bias must be reached.

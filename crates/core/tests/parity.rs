@@ -10,8 +10,8 @@
 
 mod common;
 
-use common::{Fixture, assert_close, compiled, fixture_path, values};
-use engram_core::Sequential;
+use common::{Fixture, assert_close, compiled, fixture_path, tensor_values, values};
+use engram_core::{HostTensor, Sequential};
 use serde_json::{Value, json};
 
 const TOL: f64 = 1e-5;
@@ -47,6 +47,17 @@ fn assert_steps_match(optimizer: Value, steps: usize, tag: &str) -> Sequential {
     m
 }
 
+/// Compares the loss and the gradient of every parameter with the fixture's `loss` and `grad.<name>`.
+fn assert_loss_and_gradients_match(m: &mut Sequential, f: &Fixture, x: &HostTensor, y: &HostTensor) {
+    let (loss, grads) = m.gradients(x, y, &[]).unwrap();
+    assert_close("loss", &[loss], &[f.scalar("loss")], TOL);
+    let want = f.tagged("grad", m);
+    assert_eq!(grads.len(), want.len());
+    for ((name, _), g) in m.params().iter().zip(&grads) {
+        assert_close(&format!("grad {name}"), &tensor_values(g), &want[name], TOL);
+    }
+}
+
 #[test]
 fn lstm_classifier_forward_loss_and_gradients_match_pytorch() {
     let f = Fixture::open(CE_FIXTURE);
@@ -55,14 +66,7 @@ fn lstm_classifier_forward_loss_and_gradients_match_pytorch() {
     assert_eq!(logits.shape, [3, 5, 11]);
     assert_close("logits", &values(&logits), f.values("logits"), TOL);
 
-    let (loss, grads) = m.gradients(&f.i32("input"), &f.i32("target"), &[]).unwrap();
-    assert_close("loss", &[loss], &[f.scalar("loss")], TOL);
-    let names: Vec<String> = m.params().iter().map(|(n, _)| n.to_string()).collect();
-    assert_eq!(names.len(), 11);
-    for (name, g) in names.iter().zip(&grads) {
-        let got: Vec<f64> = g.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap();
-        assert_close(&format!("grad {name}"), &got, f.values(&format!("grad.{name}")), TOL);
-    }
+    assert_loss_and_gradients_match(&mut m, &f, &f.i32("input"), &f.i32("target"));
 }
 
 #[test]
@@ -124,12 +128,5 @@ fn lstm_regressor_last_step_mse_matches_pytorch() {
     let out = m.predict(&f.f32("input"), &[]).unwrap();
     assert_eq!(out.shape, [2, 3]);
     assert_close("output", &values(&out), f.values("output"), TOL);
-    let (loss, grads) = m.gradients(&f.f32("input"), &f.f32("target"), &[]).unwrap();
-    assert_close("loss", &[loss], &[f.scalar("loss")], TOL);
-    let names: Vec<String> = m.params().iter().map(|(n, _)| n.to_string()).collect();
-    assert_eq!(names.len(), 6);
-    for (name, g) in names.iter().zip(&grads) {
-        let got: Vec<f64> = g.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1().unwrap();
-        assert_close(&format!("grad {name}"), &got, f.values(&format!("grad.{name}")), TOL);
-    }
+    assert_loss_and_gradients_match(&mut m, &f, &f.f32("input"), &f.f32("target"));
 }

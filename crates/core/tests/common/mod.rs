@@ -118,6 +118,11 @@ pub fn values(t: &HostTensor) -> Vec<f64> {
     }
 }
 
+/// A candle tensor's values as a flat f64 vector.
+pub fn tensor_values(t: &engram_core::Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(engram_core::DType::F64).unwrap().to_vec1().unwrap()
+}
+
 /// Every parameter by name, as f64.
 pub fn weights(model: &Sequential) -> BTreeMap<String, Vec<f64>> {
     model.weights().unwrap().into_iter().map(|(n, t)| (n, values(&t))).collect()
