@@ -140,7 +140,8 @@ def lstm_mse_parity():
 
 
 def save(name, tensors):
-    meta = {"generator": "scripts/make-fixtures.py", "torch": torch.__version__}
+    # One metadata entry: safetensors writes several in hash order, which would change the bytes on every run.
+    meta = {"generator": f"scripts/make-fixtures.py, torch {torch.__version__}"}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(OUT / name), metadata=meta)
     print(f"wrote {OUT / name} ({(OUT / name).stat().st_size} bytes, {len(tensors)} tensors)")
 
