@@ -116,13 +116,21 @@ impl Sequential {
                 model.set_learning_rate(lr).map_err(|e| Error::checkpoint(path, e.to_string()))?;
             }
             let step = meta.get(STEP).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let names: Vec<String> = model.params().iter().map(|(n, _)| n.to_string()).collect();
+            let names: Vec<(String, Vec<usize>)> =
+                model.params().iter().map(|(n, v)| (n.to_string(), v.dims().to_vec())).collect();
             let dtype = model.dtype();
             if let Some(opt) = model.optimizer_mut() {
                 opt.step = step;
-                for (name, slot) in names.iter().zip(opt.slots.iter_mut()) {
-                    let get = |s: &str| {
-                        tensors.get(&format!("{OPT_PREFIX}{name}/{s}")).map(|t| t.to_dtype(dtype)).transpose()
+                for ((name, shape), slot) in names.iter().zip(opt.slots.iter_mut()) {
+                    let get = |s: &str| -> Result<Option<Tensor>> {
+                        let Some(t) = tensors.get(&format!("{OPT_PREFIX}{name}/{s}")) else { return Ok(None) };
+                        if t.dims() != shape.as_slice() {
+                            return Err(Error::checkpoint(
+                                path,
+                                format!("optimizer state {name}/{s} has shape {:?}, the parameter {shape:?}", t.dims()),
+                            ));
+                        }
+                        Ok(Some(t.to_dtype(dtype)?))
                     };
                     *slot = match (get("momentum")?, get("exp_avg")?, get("exp_avg_sq")?) {
                         (Some(b), _, _) => Slot::Momentum(b),

@@ -23,6 +23,8 @@ struct Saved<T> {
     c: Vec<T>,
     /// `h` likewise, `[T+1, B, H]`.
     h: Vec<T>,
+    /// `tanh(c)` for steps 1..=T, `[T, B, H]`, so the backward need not recompute it.
+    tc: Vec<T>,
 }
 
 pub struct LstmSeq<T: Real> {
@@ -32,10 +34,6 @@ pub struct LstmSeq<T: Real> {
     /// Keep activations for a backward (only when the inputs are tracked by autograd).
     keep: bool,
     saved: Mutex<Option<Saved<T>>>,
-}
-
-fn sigmoid<T: Real>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
 }
 
 fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
@@ -60,6 +58,7 @@ impl<T: Real> LstmSeq<T> {
         }
         let mut hs = vec![T::zero(); (t_len + 1) * b * h];
         let mut cs = vec![T::zero(); (t_len + 1) * b * h];
+        let mut tcs = vec![T::zero(); t_len * b * h];
         for bi in 0..b {
             hs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h..bi * 2 * h + h]);
             cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
@@ -74,20 +73,27 @@ impl<T: Real> LstmSeq<T> {
             let c_prev = &c_done[t * b * h..];
             let c_next = &mut c_rest[..b * h];
             let h_next = &mut h_rest[..b * h];
+            let tc = &mut tcs[t * b * h..(t + 1) * b * h];
             for bi in 0..b {
                 let row = &mut g[bi * g4..(bi + 1) * g4];
+                // Activations over contiguous runs (i and f together, then g, then o), so they vectorise.
+                T::sigmoid_slice(&mut row[..2 * h]);
+                T::tanh_slice(&mut row[2 * h..3 * h]);
+                T::sigmoid_slice(&mut row[3 * h..]);
+                let (i, rest) = row.split_at(h);
+                let (f, rest) = rest.split_at(h);
+                let (gg, o) = rest.split_at(h);
+                let cp = &c_prev[bi * h..(bi + 1) * h];
+                let cn = &mut c_next[bi * h..(bi + 1) * h];
                 for j in 0..h {
-                    let i = sigmoid(row[j]);
-                    let f = sigmoid(row[h + j]);
-                    let gg = row[2 * h + j].tanh();
-                    let o = sigmoid(row[3 * h + j]);
-                    row[j] = i;
-                    row[h + j] = f;
-                    row[2 * h + j] = gg;
-                    row[3 * h + j] = o;
-                    let c = f * c_prev[bi * h + j] + i * gg;
-                    c_next[bi * h + j] = c;
-                    h_next[bi * h + j] = o * c.tanh();
+                    cn[j] = f[j] * cp[j] + i[j] * gg[j];
+                }
+                let tcr = &mut tc[bi * h..(bi + 1) * h];
+                tcr.copy_from_slice(cn);
+                T::tanh_slice(tcr);
+                let hn = &mut h_next[bi * h..(bi + 1) * h];
+                for j in 0..h {
+                    hn[j] = o[j] * tcr[j];
                 }
             }
         }
@@ -98,7 +104,7 @@ impl<T: Real> LstmSeq<T> {
                 out[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&hs[src..src + h]);
             }
         }
-        (out, Saved { gates, c: cs, h: hs })
+        (out, Saved { gates, c: cs, h: hs, tc: tcs })
     }
 
     /// Returns (d xp `[B, T, 4H]`, d w_hh `[4H, H]`, d s0 `[B, 2H]`).
@@ -111,7 +117,7 @@ impl<T: Real> LstmSeq<T> {
         for t in (0..t_len).rev() {
             let gates = &s.gates[t * b * g4..(t + 1) * b * g4];
             let c_prev = &s.c[t * b * h..(t + 1) * b * h];
-            let c_t = &s.c[(t + 1) * b * h..(t + 2) * b * h];
+            let tc_t = &s.tc[t * b * h..(t + 1) * b * h];
             let dg = &mut dgates[t * b * g4..(t + 1) * b * g4];
             for bi in 0..b {
                 let row = &gates[bi * g4..(bi + 1) * g4];
@@ -120,7 +126,7 @@ impl<T: Real> LstmSeq<T> {
                     let k = bi * h + j;
                     let (i, f, gg, o) = (row[j], row[h + j], row[2 * h + j], row[3 * h + j]);
                     let dht = dh[k] + dout[(bi * t_len + t) * h + j];
-                    let tc = c_t[k].tanh();
+                    let tc = tc_t[k];
                     let dct = dc[k] + dht * o * (T::one() - tc * tc);
                     drow[j] = dct * gg * i * (T::one() - i);
                     drow[h + j] = dct * c_prev[k] * f * (T::one() - f);

@@ -4,10 +4,76 @@ pub mod lstm;
 
 use gemm::Parallelism;
 
-/// The float types the kernels run in.
-pub trait Real: candle_core::WithDType + num_traits::Float + Send + Sync + 'static {}
-impl Real for f32 {}
+/// The float types the kernels run in, with the activations they apply to whole slices.
+pub trait Real: candle_core::WithDType + num_traits::Float + Send + Sync + 'static {
+    /// `x = 1 / (1 + exp(-x))` for every element.
+    fn sigmoid_slice(xs: &mut [Self]) {
+        for x in xs {
+            *x = Self::one() / (Self::one() + (-*x).exp());
+        }
+    }
+
+    /// `x = tanh(x)` for every element.
+    fn tanh_slice(xs: &mut [Self]) {
+        for x in xs {
+            *x = x.tanh();
+        }
+    }
+}
+
+/// f64 keeps libm's functions: it is the precision of the gradient checks.
 impl Real for f64 {}
+
+/// f32 uses the branch-free functions in [`fast`], which the compiler vectorises: libm's `expf` and `tanhf`
+/// are scalar calls and took most of an LSTM step's time.
+impl Real for f32 {
+    fn sigmoid_slice(xs: &mut [f32]) {
+        for x in xs {
+            *x = fast::sigmoid(*x);
+        }
+    }
+
+    fn tanh_slice(xs: &mut [f32]) {
+        for x in xs {
+            *x = fast::tanh(*x);
+        }
+    }
+}
+
+/// Branch-free f32 transcendental functions, accurate to a few units in the last place.
+pub mod fast {
+    /// `exp(x)` by Cody-Waite range reduction `x = n ln2 + r`, `|r| <= ln2 / 2`, and a degree-6 polynomial
+    /// for `exp(r)` (the classic Cephes `expf` coefficients); `2^n` is built in the exponent bits.
+    #[inline(always)]
+    pub fn exp(x: f32) -> f32 {
+        // Past these bounds exp overflows or underflows f32; clamping keeps 2^n inside the exponent range.
+        let x = x.clamp(-87.0, 88.0);
+        // Round to nearest without a libm call: adding 1.5 * 2^23 pushes the fraction out of the mantissa.
+        const MAGIC: f32 = 12_582_912.0;
+        let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+        // ln2 split in two so that n * C1 is exact.
+        let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+        let p = 1.987_569_1e-4;
+        let p = p * r + 1.398_199_9e-3;
+        let p = p * r + 8.333_452e-3;
+        let p = p * r + 4.166_579_6e-2;
+        let p = p * r + 1.666_666_5e-1;
+        let p = p * r + 0.5;
+        let y = p * r * r + r + 1.0;
+        y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    }
+
+    #[inline(always)]
+    pub fn sigmoid(x: f32) -> f32 {
+        1.0 / (1.0 + exp(-x))
+    }
+
+    /// `tanh(x) = 2 sigmoid(2x) - 1`: absolute error about 1e-7, which is what f32 holds near 1 anyway.
+    #[inline(always)]
+    pub fn tanh(x: f32) -> f32 {
+        2.0 / (1.0 + exp(-2.0 * x)) - 1.0
+    }
+}
 
 pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     let threads = candle_core::utils::get_num_threads();
@@ -74,5 +140,32 @@ pub(crate) fn matmul<T: Real>(
             false,
             parallelism(m, n, k),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fast;
+
+    #[test]
+    fn fast_functions_match_libm_over_their_range() {
+        let (mut worst_exp, mut worst_sig, mut worst_tanh) = (0f64, 0f64, 0f64);
+        let mut x = -30.0f32;
+        while x <= 30.0 {
+            let e = (x as f64).exp();
+            worst_exp = worst_exp.max(((fast::exp(x) as f64) - e).abs() / e);
+            worst_sig = worst_sig.max(((fast::sigmoid(x) as f64) - 1.0 / (1.0 + (-x as f64).exp())).abs());
+            worst_tanh = worst_tanh.max(((fast::tanh(x) as f64) - (x as f64).tanh()).abs());
+            x += 0.000_37;
+        }
+        assert!(worst_exp < 4e-7, "exp relative error {worst_exp}");
+        assert!(worst_sig < 2e-7, "sigmoid absolute error {worst_sig}");
+        assert!(worst_tanh < 4e-7, "tanh absolute error {worst_tanh}");
+        // Saturation: no NaN or infinity far out.
+        for x in [-1e30f32, -500.0, 500.0, 1e30] {
+            assert!(fast::sigmoid(x).is_finite() && fast::tanh(x).is_finite() && fast::exp(x).is_finite());
+        }
+        assert_eq!(fast::tanh(1e30), 1.0);
+        assert_eq!(fast::tanh(-1e30), -1.0);
     }
 }

@@ -159,16 +159,14 @@ impl Optimizer {
 
     /// Clips `grads` in place as configured and returns the global gradient norm before clipping.
     pub fn clip(&self, grads: &mut [Tensor]) -> Result<f64> {
+        let raw = global_norm(grads)?;
+        let mut norm = raw;
         if let Some(v) = self.config.clip_value {
             for g in grads.iter_mut() {
                 *g = g.clamp(-v, v)?;
             }
+            norm = global_norm(grads)?;
         }
-        let mut sq = 0.0f64;
-        for g in grads.iter() {
-            sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        }
-        let norm = sq.sqrt();
         if let Some(max) = self.config.clip_norm {
             // As clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
             let coef = max / (norm + 1e-6);
@@ -178,7 +176,7 @@ impl Optimizer {
                 }
             }
         }
-        Ok(norm)
+        Ok(raw)
     }
 
     /// Applies one update to `params` from (already clipped) `grads`.
@@ -203,6 +201,15 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// The L2 norm of all gradients together.
+fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut sq = 0.0f64;
+    for g in grads {
+        sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(sq.sqrt())
 }
 
 fn sgd(c: &OptimizerConfig, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<Tensor> {
