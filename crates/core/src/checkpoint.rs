@@ -1,7 +1,7 @@
 //! Checkpoints as safetensors files.
 //!
 //! Parameters are stored under their PyTorch-style names, so the file also reads as a `state_dict`. The
-//! metadata holds the model spec (`engram.model`), the compile options (`engram.compile`), the optimizer step
+//! metadata holds the kind of model (`engram.kind`), its spec (`engram.model`), the compile options (`engram.compile`), the optimizer step
 //! and current learning rate, and the generator state; optimizer moments are tensors under
 //! `__optimizer__/<param>/<slot>`. Writes go to a temporary file that is renamed over the target, so a crash
 //! mid-save leaves the previous file intact.
@@ -17,10 +17,11 @@ use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::{CompileConfig, Sequential, SequentialConfig};
-use crate::train::Slot;
+use crate::models::{Sequential, SequentialConfig};
+use crate::train::{CompileConfig, Slot, Trainer};
 
 const FORMAT: &str = "engram.format";
+const KIND: &str = "engram.kind";
 const MODEL: &str = "engram.model";
 const COMPILE: &str = "engram.compile";
 const STEP: &str = "engram.optimizer.step";
@@ -53,117 +54,187 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-impl Sequential {
-    /// Saves weights, spec, compile options and optimizer state.
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let mut meta = HashMap::new();
-        meta.insert(FORMAT.to_string(), "1".to_string());
-        meta.insert(MODEL.to_string(), json(self.config())?);
-        let s = self.rng_state();
-        meta.insert(RNG.to_string(), format!("{},{},{},{}", s[0], s[1], s[2], s[3]));
-        let mut tensors: Vec<(String, Tensor)> =
-            self.params().iter().map(|(n, v)| (n.to_string(), v.as_detached_tensor())).collect();
-        if let (Some(spec), Some(opt)) = (self.compile_config(), self.optimizer()) {
-            meta.insert(COMPILE.to_string(), json(spec)?);
-            meta.insert(STEP.to_string(), opt.step.to_string());
-            // The rate a schedule may have set since compile; Rust prints f64 so that it parses back exactly.
-            meta.insert(LR.to_string(), opt.config.learning_rate.to_string());
-            for ((name, _), slot) in self.params().iter().zip(&opt.slots) {
-                match slot {
-                    Slot::Empty => {}
-                    Slot::Momentum(b) => tensors.push((format!("{OPT_PREFIX}{name}/momentum"), b.clone())),
-                    Slot::Moments { exp_avg, exp_avg_sq } => {
-                        tensors.push((format!("{OPT_PREFIX}{name}/exp_avg"), exp_avg.clone()));
-                        tensors.push((format!("{OPT_PREFIX}{name}/exp_avg_sq"), exp_avg_sq.clone()));
-                    }
+/// A model that checkpoints: a kind name, a spec it is rebuilt from, and a [`Trainer`] with its state.
+pub trait Checkpointed: Sized {
+    /// Stored as `engram.kind`, so that loading can tell models apart.
+    const KIND: &'static str;
+    type Config: serde::Serialize + serde::de::DeserializeOwned;
+    fn config(&self) -> &Self::Config;
+    fn build(config: Self::Config, device: &Device) -> Result<Self>;
+    fn trainer(&self) -> &Trainer;
+    fn trainer_mut(&mut self) -> &mut Trainer;
+}
+
+/// The kind a checkpoint holds (`sequential`, `memoryNetwork`, ...), read from its header only.
+pub fn stored_kind(path: impl AsRef<Path>) -> Result<String> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    match (meta.get(KIND), meta.get(MODEL)) {
+        (Some(k), _) => Ok(k.clone()),
+        (None, Some(_)) => Ok(Sequential::KIND.to_string()),
+        (None, None) => Err(no_spec(path)),
+    }
+}
+
+fn no_spec(path: &Path) -> Error {
+    Error::checkpoint(
+        path,
+        "holds no engram model spec (is it a PyTorch state_dict? build the model, then loadWeights)",
+    )
+}
+
+/// Saves weights, spec, compile options and optimizer state.
+pub fn save<M: Checkpointed>(model: &M, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let t = model.trainer();
+    let mut meta = HashMap::new();
+    meta.insert(FORMAT.to_string(), "1".to_string());
+    meta.insert(KIND.to_string(), M::KIND.to_string());
+    meta.insert(MODEL.to_string(), json(model.config())?);
+    let s = t.rng_state();
+    meta.insert(RNG.to_string(), format!("{},{},{},{}", s[0], s[1], s[2], s[3]));
+    let mut tensors: Vec<(String, Tensor)> =
+        t.params().iter().map(|(n, v)| (n.to_string(), v.as_detached_tensor())).collect();
+    if let (Some(spec), Some(opt)) = (t.compile_config(), t.optimizer()) {
+        meta.insert(COMPILE.to_string(), json(spec)?);
+        meta.insert(STEP.to_string(), opt.step.to_string());
+        // The rate a schedule may have set since compile; Rust prints f64 so that it parses back exactly.
+        meta.insert(LR.to_string(), opt.config.learning_rate.to_string());
+        for ((name, _), slot) in t.params().iter().zip(&opt.slots) {
+            match slot {
+                Slot::Empty => {}
+                Slot::Momentum(b) => tensors.push((format!("{OPT_PREFIX}{name}/momentum"), b.clone())),
+                Slot::Moments { exp_avg, exp_avg_sq } => {
+                    tensors.push((format!("{OPT_PREFIX}{name}/exp_avg"), exp_avg.clone()));
+                    tensors.push((format!("{OPT_PREFIX}{name}/exp_avg_sq"), exp_avg_sq.clone()));
                 }
             }
         }
-        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-            .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
-        write_atomic(path, &bytes)
+    }
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+        .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads a model saved by [`save`], compiled and with its optimizer state if it was saved so.
+pub fn load<M: Checkpointed>(path: impl AsRef<Path>, device: &Device) -> Result<M> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let (tensors, meta) = parse(path, &bytes, device)?;
+    let kind = meta.get(KIND).map_or(Sequential::KIND, |k| k.as_str());
+    if kind != M::KIND {
+        return Err(Error::checkpoint(path, format!("holds a {kind} model, not a {}", M::KIND)));
+    }
+    let config: M::Config = match meta.get(MODEL) {
+        Some(m) => serde_json::from_str(m)
+            .map_err(|e| Error::checkpoint(path, format!("the stored model spec is invalid: {e}")))?,
+        None => return Err(no_spec(path)),
+    };
+    let mut model = M::build(config, device)?;
+    let t = model.trainer_mut();
+    let weights = host_weights(&tensors, |n| !n.starts_with(OPT_PREFIX))?;
+    t.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    if let Some(c) = meta.get(COMPILE) {
+        let spec: CompileConfig = serde_json::from_str(c)
+            .map_err(|e| Error::checkpoint(path, format!("the stored compile options are invalid: {e}")))?;
+        t.compile(spec)?;
+        if let Some(lr) = meta.get(LR) {
+            let lr = lr.parse().map_err(|_| Error::checkpoint(path, format!("invalid {LR} {lr:?}")))?;
+            t.set_learning_rate(lr).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+        }
+        let step = meta.get(STEP).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let names: Vec<(String, Vec<usize>)> =
+            t.params().iter().map(|(n, v)| (n.to_string(), v.dims().to_vec())).collect();
+        let dtype = t.dtype;
+        if let Some(opt) = t.optimizer_mut() {
+            opt.step = step;
+            for ((name, shape), slot) in names.iter().zip(opt.slots.iter_mut()) {
+                let get = |s: &str| -> Result<Option<Tensor>> {
+                    let Some(t) = tensors.get(&format!("{OPT_PREFIX}{name}/{s}")) else { return Ok(None) };
+                    if t.dims() != shape.as_slice() {
+                        return Err(Error::checkpoint(
+                            path,
+                            format!("optimizer state {name}/{s} has shape {:?}, the parameter {shape:?}", t.dims()),
+                        ));
+                    }
+                    Ok(Some(t.to_dtype(dtype)?))
+                };
+                *slot = match (get("momentum")?, get("exp_avg")?, get("exp_avg_sq")?) {
+                    (Some(b), _, _) => Slot::Momentum(b),
+                    (None, Some(m), Some(v)) => Slot::Moments { exp_avg: m, exp_avg_sq: v },
+                    _ => Slot::Empty,
+                };
+            }
+        }
+    }
+    if let Some(r) = meta.get(RNG) {
+        let parts: Vec<u64> = r.split(',').filter_map(|p| p.parse().ok()).collect();
+        if let [a, b, c, d] = parts[..] {
+            t.set_rng_state([a, b, c, d]);
+        }
+    }
+    Ok(model)
+}
+
+/// Loads parameters from a safetensors state dict (a PyTorch `state_dict` saved with
+/// `safetensors.torch.save_file`, or an engram checkpoint) into this model. `prefix` is stripped from
+/// the stored names first. Every parameter must be present with its shape; nothing changes otherwise.
+pub fn load_weights(t: &mut Trainer, path: impl AsRef<Path>, prefix: &str) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let (tensors, _) = parse(path, &bytes, &t.device)?;
+    let stripped: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t)))
+        .filter(|(n, _)| !n.starts_with(OPT_PREFIX))
+        .collect();
+    let names: Vec<String> = t.params().iter().map(|(n, _)| n.to_string()).collect();
+    let weights = host_weights(&stripped, |n| names.iter().any(|m| m == n))?;
+    t.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))
+}
+
+impl Checkpointed for Sequential {
+    const KIND: &'static str = "sequential";
+    type Config = SequentialConfig;
+
+    fn config(&self) -> &SequentialConfig {
+        Sequential::config(self)
     }
 
-    /// Loads a model saved by [`Sequential::save`], compiled and with its optimizer state if it was saved so.
+    fn build(config: SequentialConfig, device: &Device) -> Result<Self> {
+        Sequential::new_on(config, device)
+    }
+
+    fn trainer(&self) -> &Trainer {
+        Sequential::trainer(self)
+    }
+
+    fn trainer_mut(&mut self) -> &mut Trainer {
+        Sequential::trainer_mut(self)
+    }
+}
+
+impl Sequential {
+    /// Saves weights, spec, compile options and optimizer state (see [`save`]).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        save(self, path)
+    }
+
+    /// Loads a model saved by [`Sequential::save`] on the CPU.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        Self::load_on(path, &Device::Cpu)
+        load(path, &Device::Cpu)
     }
 
     pub fn load_on(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(io(path))?;
-        let (tensors, meta) = parse(path, &bytes, device)?;
-        let config: SequentialConfig = match meta.get(MODEL) {
-            Some(m) => serde_json::from_str(m)
-                .map_err(|e| Error::checkpoint(path, format!("the stored model spec is invalid: {e}")))?,
-            None => {
-                return Err(Error::checkpoint(
-                    path,
-                    "holds no engram model spec (is it a PyTorch state_dict? build the model, then loadWeights)",
-                ));
-            }
-        };
-        let mut model = Sequential::new_on(config, device)?;
-        let weights = host_weights(&tensors, |n| !n.starts_with(OPT_PREFIX))?;
-        model.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))?;
-        if let Some(c) = meta.get(COMPILE) {
-            let spec: CompileConfig = serde_json::from_str(c)
-                .map_err(|e| Error::checkpoint(path, format!("the stored compile options are invalid: {e}")))?;
-            model.compile(spec)?;
-            if let Some(lr) = meta.get(LR) {
-                let lr = lr.parse().map_err(|_| Error::checkpoint(path, format!("invalid {LR} {lr:?}")))?;
-                model.set_learning_rate(lr).map_err(|e| Error::checkpoint(path, e.to_string()))?;
-            }
-            let step = meta.get(STEP).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let names: Vec<(String, Vec<usize>)> =
-                model.params().iter().map(|(n, v)| (n.to_string(), v.dims().to_vec())).collect();
-            let dtype = model.dtype();
-            if let Some(opt) = model.optimizer_mut() {
-                opt.step = step;
-                for ((name, shape), slot) in names.iter().zip(opt.slots.iter_mut()) {
-                    let get = |s: &str| -> Result<Option<Tensor>> {
-                        let Some(t) = tensors.get(&format!("{OPT_PREFIX}{name}/{s}")) else { return Ok(None) };
-                        if t.dims() != shape.as_slice() {
-                            return Err(Error::checkpoint(
-                                path,
-                                format!("optimizer state {name}/{s} has shape {:?}, the parameter {shape:?}", t.dims()),
-                            ));
-                        }
-                        Ok(Some(t.to_dtype(dtype)?))
-                    };
-                    *slot = match (get("momentum")?, get("exp_avg")?, get("exp_avg_sq")?) {
-                        (Some(b), _, _) => Slot::Momentum(b),
-                        (None, Some(m), Some(v)) => Slot::Moments { exp_avg: m, exp_avg_sq: v },
-                        _ => Slot::Empty,
-                    };
-                }
-            }
-        }
-        if let Some(r) = meta.get(RNG) {
-            let parts: Vec<u64> = r.split(',').filter_map(|p| p.parse().ok()).collect();
-            if let [a, b, c, d] = parts[..] {
-                model.set_rng_state([a, b, c, d]);
-            }
-        }
-        Ok(model)
+        load(path, device)
     }
 
-    /// Loads parameters from a safetensors state dict (a PyTorch `state_dict` saved with
-    /// `safetensors.torch.save_file`, or an engram checkpoint) into this model. `prefix` is stripped from
-    /// the stored names first. Every parameter must be present with its shape; nothing changes otherwise.
+    /// Loads a safetensors state dict into this model (see [`load_weights`]).
     pub fn load_weights(&mut self, path: impl AsRef<Path>, prefix: &str) -> Result<()> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(io(path))?;
-        let (tensors, _) = parse(path, &bytes, self.device())?;
-        let stripped: HashMap<String, Tensor> = tensors
-            .into_iter()
-            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t)))
-            .filter(|(n, _)| !n.starts_with(OPT_PREFIX))
-            .collect();
-        let names: Vec<String> = self.params().iter().map(|(n, _)| n.to_string()).collect();
-        let weights = host_weights(&stripped, |n| names.iter().any(|m| m == n))?;
-        self.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))
+        load_weights(self.trainer_mut(), path, prefix)
     }
 }
 

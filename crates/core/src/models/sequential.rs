@@ -5,14 +5,16 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::layers::{Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerSpec, Lstm, LstmState, Params};
 use crate::rng::Rng;
-use crate::train::{LossSpec, Optimizer, OptimizerConfig, OptimizerSpec};
+use crate::train::Trainer;
+use crate::train::trainer::check_batch;
+pub use crate::train::{CompileConfig, StepOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,26 +45,12 @@ pub struct SequentialConfig {
     pub dtype: Precision,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CompileConfig {
-    pub optimizer: OptimizerSpec,
-    pub loss: LossSpec,
-}
-
 /// An initial state for one recurrent layer, addressed by its name or index.
 #[derive(Debug, Clone)]
 pub struct InitialState {
     pub layer: String,
     pub h: HostTensor,
     pub c: HostTensor,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepOutput {
-    pub loss: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -82,20 +70,10 @@ struct Node {
     n_params: usize,
 }
 
-struct Compiled {
-    loss: LossSpec,
-    optimizer: Optimizer,
-    spec: CompileConfig,
-}
-
 pub struct Sequential {
     config: SequentialConfig,
     nodes: Vec<Node>,
-    params: Params,
-    device: Device,
-    dtype: DType,
-    rng: Rng,
-    compiled: Option<Compiled>,
+    trainer: Trainer,
 }
 
 impl Sequential {
@@ -168,27 +146,36 @@ impl Sequential {
             nodes.push(Node { name, kind: spec.type_name(), layer, out, n_params: params.len() - before });
             flow = Some(out);
         }
-        Ok(Sequential { config, nodes, params, device: device.clone(), dtype, rng, compiled: None })
+        Ok(Sequential { config, nodes, trainer: Trainer::new(params, rng, device, dtype) })
     }
 
     pub fn config(&self) -> &SequentialConfig {
         &self.config
     }
 
+    /// Parameters, optimizer and generator state.
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+
+    pub fn trainer_mut(&mut self) -> &mut Trainer {
+        &mut self.trainer
+    }
+
     pub fn params(&self) -> &Params {
-        &self.params
+        &self.trainer.params
     }
 
     pub fn dtype(&self) -> DType {
-        self.dtype
+        self.trainer.dtype
     }
 
     pub fn device(&self) -> &Device {
-        &self.device
+        &self.trainer.device
     }
 
     pub fn param_count(&self) -> usize {
-        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+        self.trainer.param_count()
     }
 
     /// What the first layer takes: ids below a vocabulary size, or float features of a given size.
@@ -202,40 +189,26 @@ impl Sequential {
     }
 
     pub fn compile(&mut self, spec: CompileConfig) -> Result<()> {
-        let config = OptimizerConfig::from_spec(&spec.optimizer)?;
-        let optimizer = Optimizer::new(config, self.params.len());
-        self.compiled = Some(Compiled { loss: spec.loss.clone(), optimizer, spec });
-        Ok(())
+        self.trainer.compile(spec)
     }
 
     pub fn compile_config(&self) -> Option<&CompileConfig> {
-        self.compiled.as_ref().map(|c| &c.spec)
+        self.trainer.compile_config()
     }
 
     /// Optimizer steps taken since `compile`.
     pub fn step_count(&self) -> u64 {
-        self.compiled.as_ref().map_or(0, |c| c.optimizer.step)
+        self.trainer.step_count()
     }
 
     /// The compiled optimizer's current learning rate.
     pub fn learning_rate(&self) -> Option<f64> {
-        self.compiled.as_ref().map(|c| c.optimizer.config.learning_rate)
+        self.trainer.learning_rate()
     }
 
     /// Changes the learning rate of the compiled optimizer (for schedules).
     pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::Range(format!("learningRate must be a finite number >= 0, got {lr}")));
-        }
-        let c = self.compiled_mut()?;
-        c.optimizer.config.learning_rate = lr;
-        Ok(())
-    }
-
-    fn compiled_mut(&mut self) -> Result<&mut Compiled> {
-        self.compiled
-            .as_mut()
-            .ok_or_else(|| Error::State("the model is not compiled: call compile({ optimizer, loss }) first".into()))
+        self.trainer.set_learning_rate(lr)
     }
 
     /// Validates the input and makes it a tensor on the model's device.
@@ -249,9 +222,9 @@ impl Sequential {
                 if x.shape.len() != 2 {
                     return Err(Error::shape("input", "x (token ids)", "[batch, seqLen]", &x.shape));
                 }
-                x.to_ids("x", vocab_size, &self.device)
+                x.to_ids("x", vocab_size, self.device())
             }
-            Flow::Features { .. } => x.to_floats("x", self.dtype, &self.device),
+            Flow::Features { .. } => x.to_floats("x", self.dtype(), self.device()),
         }
     }
 
@@ -269,144 +242,63 @@ impl Sequential {
                     s.layer, self.nodes[idx].kind
                 )));
             }
-            let h = s.h.to_floats("initialState h", self.dtype, &self.device)?;
-            let c = s.c.to_floats("initialState c", self.dtype, &self.device)?;
+            let h = s.h.to_floats("initialState h", self.dtype(), self.device())?;
+            let c = s.c.to_floats("initialState c", self.dtype(), self.device())?;
             out.insert(idx, LstmState { h, c });
         }
         Ok(out)
     }
 
-    fn forward_tensor(
-        &self,
-        x: &Tensor,
-        states: &HashMap<usize, LstmState>,
-        p: &[Tensor],
-        ctx: &mut ForwardCtx,
-    ) -> Result<Tensor> {
-        let mut h = x.clone();
-        // Layers hold indices into the whole parameter list (see `Builder`), so each gets all of `p`.
-        for (i, node) in self.nodes.iter().enumerate() {
-            h = match &node.layer {
-                Layer::Embedding(e) => e.forward(&h, p)?,
-                Layer::Dense(d) => d.forward(&h, p)?,
-                Layer::Lstm(l) => l.forward(&h, states.get(&i), p, ctx)?,
-                Layer::Dropout(d) => d.forward(&h, ctx)?,
-            };
-        }
-        Ok(h)
-    }
-
     /// Inference: the model's output for `x`, no dropout, no graph kept.
     pub fn predict(&self, x: &HostTensor, states: &[InitialState]) -> Result<HostTensor> {
-        HostTensor::from_tensor(&self.output(x, states)?)
-    }
-
-    fn output(&self, x: &HostTensor, states: &[InitialState]) -> Result<Tensor> {
-        let x = self.input_tensor(x)?;
-        let states = self.states(states)?;
-        let p = self.params.tensors(false);
-        let mut rng = self.rng.clone();
-        let mut ctx = ForwardCtx { train: false, rng: &mut rng };
-        self.forward_tensor(&x, &states, &p, &mut ctx)
+        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
+        HostTensor::from_tensor(&self.trainer.infer(|p, ctx| forward_nodes(&self.nodes, &xt, &st, p, ctx))?)
     }
 
     /// The compiled loss of the model's output (inference mode) against `y`.
     pub fn evaluate(&self, x: &HostTensor, y: &HostTensor, states: &[InitialState]) -> Result<f64> {
-        let loss = self.loss_spec()?;
+        self.trainer.loss_spec()?;
         check_batch(x, y)?;
-        let out = self.output(x, states)?;
-        scalar(&loss.compute(&out, y)?)
-    }
-
-    fn loss_spec(&self) -> Result<&LossSpec> {
-        self.compiled
-            .as_ref()
-            .map(|c| &c.loss)
-            .ok_or_else(|| Error::State("the model is not compiled: call compile({ optimizer, loss }) first".into()))
+        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
+        self.trainer.evaluate(y, |p, ctx| forward_nodes(&self.nodes, &xt, &st, p, ctx))
     }
 
     /// Loss and gradient of every parameter for one batch in training mode, without an update.
     /// Returns gradients in parameter order (zeros for a parameter the loss does not reach).
     pub fn gradients(&mut self, x: &HostTensor, y: &HostTensor, states: &[InitialState]) -> Result<(f64, Vec<Tensor>)> {
-        let loss_spec = self.loss_spec()?.clone();
+        self.trainer.loss_spec()?;
         check_batch(x, y)?;
-        let xt = self.input_tensor(x)?;
-        let st = self.states(states)?;
-        let p = self.params.tensors(true);
-        // Draw dropout masks from a copy and commit it only once the step succeeded.
-        let mut rng = self.rng.clone();
-        let mut ctx = ForwardCtx { train: true, rng: &mut rng };
-        let out = self.forward_tensor(&xt, &st, &p, &mut ctx)?;
-        let loss = loss_spec.compute(&out, y)?;
-        let value = scalar(&loss)?;
-        if !value.is_finite() {
-            return Err(Error::Range(format!(
-                "trainStep: the loss is {value}; the weights are left as they were (lower the learning rate or clip gradients)"
-            )));
-        }
-        let store = loss.backward()?;
-        let grads = self
-            .params
-            .iter()
-            .map(|(_, v)| match store.get(v.as_tensor()) {
-                Some(g) => Ok(g.detach()),
-                None => Ok(v.as_tensor().zeros_like()?),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.rng = rng;
-        Ok((value, grads))
+        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
+        let Sequential { trainer, nodes, .. } = self;
+        trainer.gradients(y, |p, ctx| forward_nodes(nodes, &xt, &st, p, ctx))
     }
 
     /// One training step: forward, loss, backward, clipping, update.
     pub fn train_step(&mut self, x: &HostTensor, y: &HostTensor, states: &[InitialState]) -> Result<StepOutput> {
-        self.compiled_mut()?;
-        let (loss, mut grads) = self.gradients(x, y, states)?;
-        let vars: Vec<&Var> = self.params.entries.iter().map(|(_, v)| v).collect();
-        let c = self.compiled.as_mut().ok_or_else(|| Error::State("the model is not compiled".into()))?;
-        let grad_norm = c.optimizer.clip(&mut grads)?;
-        c.optimizer.step(&vars, &grads)?;
-        Ok(StepOutput { loss, grad_norm })
+        self.trainer.loss_spec()?;
+        check_batch(x, y)?;
+        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
+        let Sequential { trainer, nodes, .. } = self;
+        trainer.train_step(y, |p, ctx| forward_nodes(nodes, &xt, &st, p, ctx))
     }
 
     /// Every parameter, by name, copied to the host.
     pub fn weights(&self) -> Result<Vec<(String, HostTensor)>> {
-        self.params.iter().map(|(n, v)| Ok((n.to_string(), HostTensor::from_tensor(v.as_tensor())?))).collect()
+        self.trainer.weights()
     }
 
     /// Replaces parameters by name. Every name must exist and every shape match; with `strict`, every
     /// parameter must be given. Nothing changes unless all checks pass.
     pub fn set_weights(&mut self, weights: &[(String, HostTensor)], strict: bool) -> Result<()> {
-        let mut staged = Vec::with_capacity(weights.len());
-        for (name, t) in weights {
-            let var = self.params.get(name).ok_or_else(|| {
-                let known: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
-                Error::Range(format!("setWeights: the model has no parameter {name:?}; it has {known:?}"))
-            })?;
-            if t.shape != var.dims() {
-                return Err(Error::shape("setWeights", name.clone(), format!("{:?}", var.dims()), &t.shape));
-            }
-            staged.push((var, t.to_floats(&format!("setWeights {name}"), self.dtype, &self.device)?));
-        }
-        if strict {
-            let missing: Vec<&str> =
-                self.params.iter().map(|(n, _)| n).filter(|n| !weights.iter().any(|(w, _)| w == n)).collect();
-            if !missing.is_empty() {
-                return Err(Error::Range(format!("setWeights: missing parameters {missing:?}")));
-            }
-        }
-        for (var, t) in staged {
-            var.set(&t)?;
-        }
-        Ok(())
+        self.trainer.set_weights(weights, strict)
     }
-
     /// A table of layers, output shapes and parameter counts.
     pub fn summary(&self) -> String {
         let mut rows = vec![("Layer".to_string(), "Type".to_string(), "Output".to_string(), "Params".to_string())];
         let mut offset = 0;
         for node in &self.nodes {
             let count: usize =
-                self.params.entries[offset..offset + node.n_params].iter().map(|(_, v)| v.elem_count()).sum();
+                self.trainer.params.entries[offset..offset + node.n_params].iter().map(|(_, v)| v.elem_count()).sum();
             offset += node.n_params;
             let out = match node.out {
                 Flow::Features { size: Some(s), seq: Some(true) } => format!("[batch, seqLen, {s}]"),
@@ -450,7 +342,7 @@ impl Sequential {
         s.push_str(&format!(
             "Total parameters: {} ({})\n",
             self.param_count(),
-            match self.dtype {
+            match self.dtype() {
                 DType::F64 => "float64",
                 _ => "float32",
             }
@@ -460,20 +352,32 @@ impl Sequential {
 
     /// The generator's state, for checkpoints that resume exactly.
     pub fn rng_state(&self) -> [u64; 4] {
-        self.rng.state()
+        self.trainer.rng_state()
     }
 
     pub fn set_rng_state(&mut self, s: [u64; 4]) {
-        self.rng = Rng::from_state(s);
+        self.trainer.set_rng_state(s)
     }
+}
 
-    pub(crate) fn optimizer(&self) -> Option<&Optimizer> {
-        self.compiled.as_ref().map(|c| &c.optimizer)
+fn forward_nodes(
+    nodes: &[Node],
+    x: &Tensor,
+    states: &HashMap<usize, LstmState>,
+    p: &[Tensor],
+    ctx: &mut ForwardCtx,
+) -> Result<Tensor> {
+    let mut h = x.clone();
+    // Layers hold indices into the whole parameter list (see `Builder`), so each gets all of `p`.
+    for (i, node) in nodes.iter().enumerate() {
+        h = match &node.layer {
+            Layer::Embedding(e) => e.forward(&h, p)?,
+            Layer::Dense(d) => d.forward(&h, p)?,
+            Layer::Lstm(l) => l.forward(&h, states.get(&i), p, ctx)?,
+            Layer::Dropout(d) => d.forward(&h, ctx)?,
+        };
     }
-
-    pub(crate) fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
-        self.compiled.as_mut().map(|c| &mut c.optimizer)
-    }
+    Ok(h)
 }
 
 fn input_size(here: &str, flow: Option<Flow>, given: Option<usize>) -> Result<usize> {
@@ -489,19 +393,4 @@ fn input_size(here: &str, flow: Option<Flow>, given: Option<usize>) -> Result<us
         ))),
         _ => Err(Error::Type(format!("{here}: cannot infer the input size; give inputSize"))),
     }
-}
-
-fn check_batch(x: &HostTensor, y: &HostTensor) -> Result<()> {
-    if x.batch() != y.batch() {
-        return Err(Error::Range(format!(
-            "x and y must have the same batch size (first axis): x has {}, y has {}",
-            x.batch(),
-            y.batch()
-        )));
-    }
-    Ok(())
-}
-
-fn scalar(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }

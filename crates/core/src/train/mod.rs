@@ -2,6 +2,8 @@
 
 pub mod loss;
 pub mod optimizer;
+pub mod trainer;
 
 pub use loss::{CrossEntropySpec, LossSpec, MseSpec};
 pub use optimizer::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerSpec, Slot};
+pub use trainer::{CompileConfig, StepOutput, Trainer};

@@ -1,0 +1,220 @@
+//! What every trainable model shares: its named parameters, the seeded generator that draws its dropout
+//! masks, and once compiled, the loss and optimizer. A model supplies only its forward pass (a closure over
+//! the parameter tensors); the trainer runs loss, backward, clipping and update around it.
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::host::HostTensor;
+use crate::layers::{ForwardCtx, Params};
+use crate::rng::Rng;
+use crate::train::{LossSpec, Optimizer, OptimizerConfig, OptimizerSpec};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompileConfig {
+    pub optimizer: OptimizerSpec,
+    pub loss: LossSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutput {
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+struct Compiled {
+    loss: LossSpec,
+    optimizer: Optimizer,
+    spec: CompileConfig,
+}
+
+pub struct Trainer {
+    pub(crate) params: Params,
+    pub(crate) rng: Rng,
+    pub(crate) device: Device,
+    pub(crate) dtype: DType,
+    compiled: Option<Compiled>,
+}
+
+const NOT_COMPILED: &str = "the model is not compiled: call compile({ optimizer, loss }) first";
+
+impl Trainer {
+    pub(crate) fn new(params: Params, rng: Rng, device: &Device, dtype: DType) -> Self {
+        Trainer { params, rng, device: device.clone(), dtype, compiled: None }
+    }
+
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    pub fn compile(&mut self, spec: CompileConfig) -> Result<()> {
+        let config = OptimizerConfig::from_spec(&spec.optimizer)?;
+        let optimizer = Optimizer::new(config, self.params.len());
+        self.compiled = Some(Compiled { loss: spec.loss.clone(), optimizer, spec });
+        Ok(())
+    }
+
+    pub fn compile_config(&self) -> Option<&CompileConfig> {
+        self.compiled.as_ref().map(|c| &c.spec)
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.compiled.as_ref().map_or(0, |c| c.optimizer.step)
+    }
+
+    pub fn learning_rate(&self) -> Option<f64> {
+        self.compiled.as_ref().map(|c| c.optimizer.config.learning_rate)
+    }
+
+    pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::Range(format!("learningRate must be a finite number >= 0, got {lr}")));
+        }
+        let c = self.compiled.as_mut().ok_or_else(|| Error::State(NOT_COMPILED.into()))?;
+        c.optimizer.config.learning_rate = lr;
+        Ok(())
+    }
+
+    pub(crate) fn loss_spec(&self) -> Result<&LossSpec> {
+        self.compiled.as_ref().map(|c| &c.loss).ok_or_else(|| Error::State(NOT_COMPILED.into()))
+    }
+
+    /// Runs `forward` in inference mode on detached parameters.
+    pub(crate) fn infer(&self, forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>) -> Result<Tensor> {
+        let p = self.params.tensors(false);
+        let mut rng = self.rng.clone();
+        let mut ctx = ForwardCtx { train: false, rng: &mut rng };
+        forward(&p, &mut ctx)
+    }
+
+    /// The compiled loss of `forward`'s output in inference mode.
+    pub(crate) fn evaluate(
+        &self,
+        y: &HostTensor,
+        forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
+    ) -> Result<f64> {
+        let loss = self.loss_spec()?;
+        let out = self.infer(forward)?;
+        scalar(&loss.compute(&out, y)?)
+    }
+
+    /// Loss and gradient of every parameter (in parameter order; zeros where the loss does not reach) for one
+    /// forward in training mode, without an update.
+    pub(crate) fn gradients(
+        &mut self,
+        y: &HostTensor,
+        forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let loss_spec = self.loss_spec()?.clone();
+        let p = self.params.tensors(true);
+        // Draw dropout masks from a copy and commit it only once the step succeeded.
+        let mut rng = self.rng.clone();
+        let mut ctx = ForwardCtx { train: true, rng: &mut rng };
+        let out = forward(&p, &mut ctx)?;
+        let loss = loss_spec.compute(&out, y)?;
+        let value = scalar(&loss)?;
+        if !value.is_finite() {
+            return Err(Error::Range(format!(
+                "trainStep: the loss is {value}; the weights are left as they were (lower the learning rate or clip gradients)"
+            )));
+        }
+        let store = loss.backward()?;
+        let grads = self
+            .params
+            .iter()
+            .map(|(_, v)| match store.get(v.as_tensor()) {
+                Some(g) => Ok(g.detach()),
+                None => Ok(v.as_tensor().zeros_like()?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.rng = rng;
+        Ok((value, grads))
+    }
+
+    /// One training step around `forward`: loss, backward, clipping, update.
+    pub(crate) fn train_step(
+        &mut self,
+        y: &HostTensor,
+        forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
+    ) -> Result<StepOutput> {
+        if self.compiled.is_none() {
+            return Err(Error::State(NOT_COMPILED.into()));
+        }
+        let (loss, mut grads) = self.gradients(y, forward)?;
+        let vars: Vec<&Var> = self.params.entries.iter().map(|(_, v)| v).collect();
+        let c = self.compiled.as_mut().ok_or_else(|| Error::State(NOT_COMPILED.into()))?;
+        let grad_norm = c.optimizer.clip(&mut grads)?;
+        c.optimizer.step(&vars, &grads)?;
+        Ok(StepOutput { loss, grad_norm })
+    }
+
+    /// Every parameter, by name, copied to the host.
+    pub fn weights(&self) -> Result<Vec<(String, HostTensor)>> {
+        self.params.iter().map(|(n, v)| Ok((n.to_string(), HostTensor::from_tensor(v.as_tensor())?))).collect()
+    }
+
+    /// Replaces parameters by name. Every name must exist and every shape match; with `strict`, every
+    /// parameter must be given. Nothing changes unless all checks pass.
+    pub fn set_weights(&mut self, weights: &[(String, HostTensor)], strict: bool) -> Result<()> {
+        let mut staged = Vec::with_capacity(weights.len());
+        for (name, t) in weights {
+            let var = self.params.get(name).ok_or_else(|| {
+                let known: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
+                Error::Range(format!("setWeights: the model has no parameter {name:?}; it has {known:?}"))
+            })?;
+            if t.shape != var.dims() {
+                return Err(Error::shape("setWeights", name.clone(), format!("{:?}", var.dims()), &t.shape));
+            }
+            staged.push((var, t.to_floats(&format!("setWeights {name}"), self.dtype, &self.device)?));
+        }
+        if strict {
+            let missing: Vec<&str> =
+                self.params.iter().map(|(n, _)| n).filter(|n| !weights.iter().any(|(w, _)| w == n)).collect();
+            if !missing.is_empty() {
+                return Err(Error::Range(format!("setWeights: missing parameters {missing:?}")));
+            }
+        }
+        for (var, t) in staged {
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    pub fn rng_state(&self) -> [u64; 4] {
+        self.rng.state()
+    }
+
+    pub fn set_rng_state(&mut self, s: [u64; 4]) {
+        self.rng = Rng::from_state(s);
+    }
+
+    pub(crate) fn optimizer(&self) -> Option<&Optimizer> {
+        self.compiled.as_ref().map(|c| &c.optimizer)
+    }
+
+    pub(crate) fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
+        self.compiled.as_mut().map(|c| &mut c.optimizer)
+    }
+}
+
+pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+pub(crate) fn check_batch(x: &HostTensor, y: &HostTensor) -> Result<()> {
+    if x.batch() != y.batch() {
+        return Err(Error::Range(format!(
+            "x and y must have the same batch size (first axis): x has {}, y has {}",
+            x.batch(),
+            y.batch()
+        )));
+    }
+    Ok(())
+}
