@@ -17,7 +17,7 @@ use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::models::{Sequential, SequentialConfig};
+use crate::models::{MemoryNetwork, MemoryNetworkConfig, Sequential, SequentialConfig};
 use crate::train::{CompileConfig, Slot, Trainer};
 
 const FORMAT: &str = "engram.format";
@@ -267,4 +267,25 @@ fn host_weights(tensors: &HashMap<String, Tensor>, keep: impl Fn(&str) -> bool) 
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+impl Checkpointed for MemoryNetwork {
+    const KIND: &'static str = "memoryNetwork";
+    type Config = MemoryNetworkConfig;
+
+    fn config(&self) -> &MemoryNetworkConfig {
+        MemoryNetwork::config(self)
+    }
+
+    fn build(config: MemoryNetworkConfig, device: &Device) -> Result<Self> {
+        MemoryNetwork::new_on(config, device)
+    }
+
+    fn trainer(&self) -> &Trainer {
+        MemoryNetwork::trainer(self)
+    }
+
+    fn trainer_mut(&mut self) -> &mut Trainer {
+        MemoryNetwork::trainer_mut(self)
+    }
 }

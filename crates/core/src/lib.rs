@@ -18,5 +18,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use host::{HostData, HostTensor};
 pub use layers::{Activation, DenseSpec, DropoutSpec, EmbeddingSpec, LayerSpec, LstmSpec};
 pub use models::{CompileConfig, InitialState, Precision, Sequential, SequentialConfig, StepOutput};
+pub use models::{MemoryNetwork, MemoryNetworkConfig, WeightTying};
 pub use rng::Rng;
 pub use train::{CrossEntropySpec, LossSpec, MseSpec, OptimizerKind, OptimizerSpec};

@@ -1,5 +1,7 @@
 //! Models: containers that own parameters, run forward and backward, and train.
 
+pub mod memory_network;
 pub mod sequential;
 
+pub use memory_network::{MemoryNetwork, MemoryNetworkConfig, WeightTying};
 pub use sequential::{CompileConfig, InitialState, Precision, Sequential, SequentialConfig, StepOutput};

@@ -1,0 +1,453 @@
+//! End-to-End Memory Network (Sukhbaatar, Szlam, Weston, Fergus 2015, "End-To-End Memory Networks").
+//!
+//! Inputs: `stories [batch, memory_size, sentence_len]` and `queries [batch, sentence_len]`, token ids with
+//! 0 as padding. Sentences sit oldest first in slots `0..k` (k real sentences, then empty slots); a slot of
+//! all zeros *before* slot k is an empty memory, which still takes a place in time. Output: answer logits
+//! `[batch, vocab_size]`.
+//!
+//! Per hop k: memories `m_i = sum_j l_j * A^k x_ij + T_A^k(i)` and outputs `c_i = sum_j l_j * C^k x_ij +
+//! T_C^k(i)`, where `l_j` is the position encoding (PE, paper section 4.1) and `T(i)` the temporal encoding
+//! indexed by recency (i = 0 is the newest sentence). Attention `p = softmax(u . m_i)` over the real slots,
+//! read-out `o = sum_i p_i c_i`, next controller state `u' = u + o` (adjacent) or `u' = H u + o` (layerwise);
+//! `u^1 = sum_j l_j * B q_j`. Answer logits `W u^{K+1}`.
+//!
+//! Parameters, named after the paper:
+//! - adjacent tying (the paper's default): `A.1 [V, d]` (also B, the query embedding), `C.k [V, d]` for
+//!   k = 1..K (C^k is also A^{k+1}; C^K is also W, transposed), `T_A.1 [M, d]`, `T_C.k [M, d]` (tied the same
+//!   way);
+//! - layerwise tying: `A`, `B`, `C`, `W` (all `[V, d]`; logits `u W^T`), `H [d, d]`, `T_A`, `T_C`.
+//!
+//! All are initialised N(0, 0.1^2) as in the paper. Linear start (LS) removes the softmax in the memory layers;
+//! random noise (RN) inserts empty memories at random places in training stories.
+
+use candle_core::{D, DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::host::{HostData, HostTensor};
+use crate::layers::{Params, check_positive};
+use crate::models::Precision;
+use crate::rng::Rng;
+use crate::train::trainer::check_batch;
+use crate::train::{CompileConfig, StepOutput, Trainer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WeightTying {
+    #[default]
+    Adjacent,
+    Layerwise,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemoryNetworkConfig {
+    pub vocab_size: usize,
+    pub sentence_len: usize,
+    #[serde(default = "d20")]
+    pub embed_dim: usize,
+    #[serde(default = "d3")]
+    pub hops: usize,
+    #[serde(default = "d50")]
+    pub memory_size: usize,
+    #[serde(default)]
+    pub weight_tying: WeightTying,
+    #[serde(default = "yes")]
+    pub position_encoding: bool,
+    #[serde(default = "yes")]
+    pub temporal_encoding: bool,
+    /// Fraction of empty memories inserted into training stories (the paper's RN uses 0.1).
+    #[serde(default)]
+    pub random_noise: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub dtype: Precision,
+}
+
+fn d20() -> usize {
+    20
+}
+fn d3() -> usize {
+    3
+}
+fn d50() -> usize {
+    50
+}
+fn yes() -> bool {
+    true
+}
+
+/// Parameter indices, per hop where the tying allows.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// Query embedding B.
+    b: usize,
+    /// A^k and C^k for k = 1..K.
+    a: Vec<usize>,
+    c: Vec<usize>,
+    /// T_A^k and T_C^k (empty without temporal encoding).
+    ta: Vec<usize>,
+    tc: Vec<usize>,
+    /// Output map W `[V, d]`, used as `u W^T`.
+    w: usize,
+    /// Layerwise only: `u' = u H^T + o`.
+    h: Option<usize>,
+}
+
+pub struct MemoryNetwork {
+    config: MemoryNetworkConfig,
+    layout: Layout,
+    trainer: Trainer,
+    /// Linear start: the memory layers' softmax is removed while this is set.
+    linear: bool,
+}
+
+/// Validated inputs as tensors, plus what the forward needs from the host data.
+struct Batch {
+    stories: Tensor,
+    queries: Tensor,
+    /// `[B, M, S, d]` position weights, zero on padding words (only with position encoding; otherwise a mask).
+    story_weights: Tensor,
+    query_weights: Tensor,
+    /// Temporal row per slot `[B * M]` (recency, 0 = newest) and the slot mask `[B, M]` (1 = real).
+    time: Tensor,
+    mask: Tensor,
+}
+
+impl MemoryNetwork {
+    pub fn new(config: MemoryNetworkConfig) -> Result<Self> {
+        Self::new_on(config, &Device::Cpu)
+    }
+
+    pub fn new_on(config: MemoryNetworkConfig, device: &Device) -> Result<Self> {
+        let op = "memoryNetwork";
+        check_positive(op, "vocabSize", config.vocab_size)?;
+        check_positive(op, "sentenceLen", config.sentence_len)?;
+        check_positive(op, "embedDim", config.embed_dim)?;
+        check_positive(op, "hops", config.hops)?;
+        check_positive(op, "memorySize", config.memory_size)?;
+        if !(0.0..1.0).contains(&config.random_noise) {
+            return Err(Error::Range(format!("{op}: randomNoise must be in [0, 1), got {}", config.random_noise)));
+        }
+        let dtype = config.dtype.dtype();
+        let mut rng = Rng::new(config.seed);
+        let mut params = Params::default();
+        let (v, d, m, k) = (config.vocab_size, config.embed_dim, config.memory_size, config.hops);
+        let mut add = |name: String, shape: &[usize]| -> Result<usize> {
+            let n: usize = shape.iter().product();
+            let vals: Vec<f64> = (0..n).map(|_| 0.1 * rng.normal()).collect();
+            params.add(name, Tensor::from_vec(vals, shape, device)?.to_dtype(dtype)?)
+        };
+        let te = config.temporal_encoding;
+        let layout = match config.weight_tying {
+            WeightTying::Adjacent => {
+                // E_0 = A^1 = B; E_k = C^k = A^{k+1}; W = E_K.
+                let mut e = vec![add("A.1".into(), &[v, d])?];
+                for hop in 1..=k {
+                    e.push(add(format!("C.{hop}"), &[v, d])?);
+                }
+                let mut t = Vec::new();
+                if te {
+                    t.push(add("T_A.1".into(), &[m, d])?);
+                    for hop in 1..=k {
+                        t.push(add(format!("T_C.{hop}"), &[m, d])?);
+                    }
+                }
+                Layout {
+                    b: e[0],
+                    a: e[..k].to_vec(),
+                    c: e[1..].to_vec(),
+                    ta: if te { t[..k].to_vec() } else { vec![] },
+                    tc: if te { t[1..].to_vec() } else { vec![] },
+                    w: e[k],
+                    h: None,
+                }
+            }
+            WeightTying::Layerwise => {
+                let a = add("A".into(), &[v, d])?;
+                let b = add("B".into(), &[v, d])?;
+                let c = add("C".into(), &[v, d])?;
+                let w = add("W".into(), &[v, d])?;
+                let h = add("H".into(), &[d, d])?;
+                let (ta, tc) = if te {
+                    (vec![add("T_A".into(), &[m, d])?; k], vec![add("T_C".into(), &[m, d])?; k])
+                } else {
+                    (vec![], vec![])
+                };
+                Layout { b, a: vec![a; k], c: vec![c; k], ta, tc, w, h: Some(h) }
+            }
+        };
+        Ok(MemoryNetwork { config, layout, trainer: Trainer::new(params, rng, device, dtype), linear: false })
+    }
+
+    pub fn config(&self) -> &MemoryNetworkConfig {
+        &self.config
+    }
+
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+
+    pub fn trainer_mut(&mut self) -> &mut Trainer {
+        &mut self.trainer
+    }
+
+    /// Linear start on or off: while on, attention is the raw scores (no softmax) in every hop.
+    pub fn set_linear(&mut self, linear: bool) {
+        self.linear = linear;
+    }
+
+    pub fn is_linear(&self) -> bool {
+        self.linear
+    }
+
+    pub fn compile(&mut self, spec: CompileConfig) -> Result<()> {
+        self.trainer.compile(spec)
+    }
+
+    fn net(&self) -> Net<'_> {
+        Net { config: &self.config, layout: &self.layout, linear: self.linear, device: &self.trainer.device }
+    }
+
+    /// Answer logits `[batch, vocab_size]` in inference mode.
+    pub fn predict(&self, stories: &HostTensor, queries: &HostTensor) -> Result<HostTensor> {
+        let net = self.net();
+        let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
+        HostTensor::from_tensor(&self.trainer.infer(|p, _| Ok(net.forward(&batch, p)?.0))?)
+    }
+
+    /// Each hop's attention over the memory slots, `[hops, batch, memory_size]` (zero on empty slots).
+    pub fn attention(&self, stories: &HostTensor, queries: &HostTensor) -> Result<HostTensor> {
+        let net = self.net();
+        let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
+        let mut hops = None;
+        self.trainer.infer(|p, _| {
+            let (out, att) = net.forward(&batch, p)?;
+            hops = Some(Tensor::stack(&att, 0)?);
+            Ok(out)
+        })?;
+        HostTensor::from_tensor(&hops.ok_or_else(|| Error::State("attention: no hops ran".into()))?)
+    }
+
+    /// The compiled loss on a batch in inference mode.
+    pub fn evaluate(&self, stories: &HostTensor, queries: &HostTensor, answers: &HostTensor) -> Result<f64> {
+        self.trainer.loss_spec()?;
+        check_batch(stories, answers)?;
+        let net = self.net();
+        let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
+        self.trainer.evaluate(answers, |p, _| Ok(net.forward(&batch, p)?.0))
+    }
+
+    /// Loss and gradients (parameter order) for one training batch, without an update.
+    pub fn gradients(
+        &mut self,
+        stories: &HostTensor,
+        queries: &HostTensor,
+        answers: &HostTensor,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        self.trainer.loss_spec()?;
+        check_batch(stories, answers)?;
+        let MemoryNetwork { config, layout, trainer, linear } = self;
+        let device = trainer.device.clone();
+        let net = Net { config, layout, linear: *linear, device: &device };
+        let dtype = trainer.dtype;
+        trainer.gradients(answers, |p, ctx| {
+            let batch = net.batch(stories, queries, Some(ctx.rng), dtype)?;
+            Ok(net.forward(&batch, p)?.0)
+        })
+    }
+
+    /// One training step: forward (with random noise), loss, backward, clipping, update.
+    pub fn train_step(
+        &mut self,
+        stories: &HostTensor,
+        queries: &HostTensor,
+        answers: &HostTensor,
+    ) -> Result<StepOutput> {
+        self.trainer.loss_spec()?;
+        check_batch(stories, answers)?;
+        let MemoryNetwork { config, layout, trainer, linear } = self;
+        let device = trainer.device.clone();
+        let net = Net { config, layout, linear: *linear, device: &device };
+        let dtype = trainer.dtype;
+        trainer.train_step(answers, |p, ctx| {
+            let batch = net.batch(stories, queries, Some(ctx.rng), dtype)?;
+            Ok(net.forward(&batch, p)?.0)
+        })
+    }
+}
+
+/// What the forward reads: the model's shape and tying, and whether linear start is on.
+struct Net<'a> {
+    config: &'a MemoryNetworkConfig,
+    layout: &'a Layout,
+    linear: bool,
+    device: &'a Device,
+}
+
+/// Position encoding weight of word `j` (0-based) of `len` words, dimension `k` (0-based) of `d` (paper
+/// section 4.1, with 1-based indices): `l_kj = (1 - j/J) - (k/d)(1 - 2j/J)`.
+fn position_weight(j: usize, len: usize, k: usize, d: usize) -> f64 {
+    let (j, len, k, d) = ((j + 1) as f64, len as f64, (k + 1) as f64, d as f64);
+    (1.0 - j / len) - (k / d) * (1.0 - 2.0 * j / len)
+}
+
+impl Net<'_> {
+    /// Validates ids and shapes, applies random noise in training, and builds the constant tensors.
+    fn batch(
+        &self,
+        stories: &HostTensor,
+        queries: &HostTensor,
+        noise: Option<&mut Rng>,
+        dtype: DType,
+    ) -> Result<Batch> {
+        let c = self.config;
+        let (m, s, d, v) = (c.memory_size, c.sentence_len, c.embed_dim, c.vocab_size);
+        let ids = |t: &HostTensor, what: &str| -> Result<Vec<i32>> {
+            match &t.data {
+                HostData::I32(x) => {
+                    if let Some((i, &id)) = x.iter().enumerate().find(|&(_, &id)| id < 0 || id as usize >= v) {
+                        return Err(Error::Range(format!(
+                            "{what}: word ids must be in [0, {v}), found {id} at flat index {i}"
+                        )));
+                    }
+                    Ok(x.clone())
+                }
+                other => Err(Error::Type(format!(
+                    "{what}: expected int32 word ids (an Int32Array), got {} data",
+                    other.dtype_name()
+                ))),
+            }
+        };
+        if stories.shape.len() != 3 || stories.shape[1] != m || stories.shape[2] != s || stories.shape[0] == 0 {
+            return Err(Error::shape("memoryNetwork", "stories", format!("[batch >= 1, {m}, {s}]"), &stories.shape));
+        }
+        let b = stories.shape[0];
+        if queries.shape != [b, s] {
+            return Err(Error::shape("memoryNetwork", "queries", format!("[{b}, {s}]"), &queries.shape));
+        }
+        let mut st = ids(stories, "stories")?;
+        let q = ids(queries, "queries")?;
+        let empty = |slot: &[i32]| slot.iter().all(|&w| w == 0);
+        let mut lengths = Vec::with_capacity(b);
+        for bi in 0..b {
+            let ex = &st[bi * m * s..(bi + 1) * m * s];
+            let k = (0..m).rev().find(|&j| !empty(&ex[j * s..(j + 1) * s])).map_or(0, |j| j + 1);
+            if k == 0 {
+                return Err(Error::Range(format!("stories: example {bi} has no sentences (every slot is padding)")));
+            }
+            lengths.push(k);
+        }
+        // Random noise (paper section 4.4): empty memories inserted at random places, which jitters the
+        // temporal index; when the story then overflows the memory, its oldest slots are dropped.
+        if let (Some(rng), true) = (noise, c.random_noise > 0.0) {
+            for bi in 0..b {
+                let k = lengths[bi];
+                let ex = st[bi * m * s..(bi + 1) * m * s].to_vec();
+                let mut slots: Vec<&[i32]> = Vec::with_capacity(2 * k);
+                let blank = vec![0; s];
+                for j in 0..k {
+                    if rng.next_f64() < c.random_noise {
+                        slots.push(&blank);
+                    }
+                    slots.push(&ex[j * s..(j + 1) * s]);
+                }
+                let keep = &slots[slots.len().saturating_sub(m)..];
+                let out = &mut st[bi * m * s..(bi + 1) * m * s];
+                out.fill(0);
+                for (j, slot) in keep.iter().enumerate() {
+                    out[j * s..(j + 1) * s].copy_from_slice(slot);
+                }
+                lengths[bi] = keep.len();
+            }
+        }
+        let weights = |ids: &[i32], rows: usize| -> Vec<f64> {
+            let mut w = vec![0.0; rows * s * d];
+            for r in 0..rows {
+                let words = &ids[r * s..(r + 1) * s];
+                let len = words.iter().filter(|&&x| x != 0).count();
+                let mut pos = 0;
+                for (j, &word) in words.iter().enumerate() {
+                    if word == 0 {
+                        continue;
+                    }
+                    for k in 0..d {
+                        w[(r * s + j) * d + k] =
+                            if c.position_encoding { position_weight(pos, len, k, d) } else { 1.0 };
+                    }
+                    pos += 1;
+                }
+            }
+            w
+        };
+        let mut time = vec![0u32; b * m];
+        let mut mask = vec![0.0f64; b * m];
+        for bi in 0..b {
+            let k = lengths[bi];
+            for j in 0..k {
+                time[bi * m + j] = (k - 1 - j) as u32;
+                mask[bi * m + j] = 1.0;
+            }
+        }
+        let dev = self.device;
+        let as_u32 = |x: Vec<i32>| x.into_iter().map(|i| i as u32).collect::<Vec<u32>>();
+        Ok(Batch {
+            story_weights: Tensor::from_vec(weights(&st, b * m), (b, m, s, d), dev)?.to_dtype(dtype)?,
+            query_weights: Tensor::from_vec(weights(&q, b), (b, s, d), dev)?.to_dtype(dtype)?,
+            stories: Tensor::from_vec(as_u32(st), b * m * s, dev)?,
+            queries: Tensor::from_vec(as_u32(q), b * s, dev)?,
+            time: Tensor::from_vec(time, b * m, dev)?,
+            mask: Tensor::from_vec(mask, (b, m), dev)?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Sentence embeddings `sum_j w_j * E x_j`: `ids` flat, `weights [..., S, d]`; returns `weights` less its S.
+    fn embed(e: &Tensor, ids: &Tensor, weights: &Tensor) -> Result<Tensor> {
+        let rows = e.index_select(ids, 0)?.reshape(weights.dims())?;
+        Ok(rows.mul(weights)?.sum(weights.rank() - 2)?)
+    }
+
+    /// Logits `[B, V]` and each hop's attention `[B, M]`.
+    fn forward(&self, x: &Batch, p: &[Tensor]) -> Result<(Tensor, Vec<Tensor>)> {
+        let l = self.layout;
+        let (b, m) = x.mask.dims2()?;
+        let d = self.config.embed_dim;
+        let memory = |emb: usize, t: Option<&usize>| -> Result<Tensor> {
+            let mut out = Self::embed(&p[emb], &x.stories, &x.story_weights)?;
+            if let Some(&t) = t {
+                out = out.add(&p[t].index_select(&x.time, 0)?.reshape((b, m, d))?)?;
+            }
+            Ok(out)
+        };
+        let mut u = Self::embed(&p[l.b], &x.queries, &x.query_weights)?;
+        // Masked slots get a score far below any real one, so softmax gives them zero weight.
+        let offset = x.mask.affine(1e9, -1e9)?;
+        let mut attention = Vec::with_capacity(self.config.hops);
+        let mut next_m: Option<Tensor> = None;
+        for k in 0..self.config.hops {
+            let mk = match next_m.take() {
+                Some(t) => t,
+                None => memory(l.a[k], l.ta.get(k))?,
+            };
+            let ck = memory(l.c[k], l.tc.get(k))?;
+            // Adjacent tying: A^{k+1} = C^k and T_A^{k+1} = T_C^k, so the next memories are these outputs.
+            if l.h.is_none() && k + 1 < self.config.hops {
+                next_m = Some(ck.clone());
+            }
+            let scores = mk.matmul(&u.unsqueeze(2)?)?.squeeze(2)?;
+            let pk = if self.linear {
+                scores.mul(&x.mask)?
+            } else {
+                candle_nn::ops::softmax(&scores.add(&offset)?, D::Minus1)?
+            };
+            let o = pk.unsqueeze(1)?.matmul(&ck)?.squeeze(1)?;
+            u = match l.h {
+                Some(h) => u.matmul(&p[h].t()?)?.add(&o)?,
+                None => u.add(&o)?,
+            };
+            attention.push(pk);
+        }
+        Ok((u.matmul(&p[l.w].t()?)?, attention))
+    }
+}
