@@ -1,7 +1,8 @@
 import type { Callbacks, History, Logs } from './callbacks.js';
 import type { Model } from './model.js';
 import { batchRanges, permutation, seededRandom } from './batching.js';
-import { checkTensor, describe, sliceRows, takeRows, type Tensor } from './tensor.js';
+import { checkTensor, describe, sliceRows, type Tensor } from './tensor.js';
+import { inputList, rowCount, sliceInputs, takeInputs, type Inputs } from './inputs.js';
 
 /** Options of {@link Model.fit}. */
 export interface FitOptions {
@@ -12,7 +13,7 @@ export interface FitOptions {
   /** Fraction of rows, taken from the end before shuffling, held out for validation (default 0). */
   validationSplit?: number;
   /** Validation data `[x, y]`; takes precedence over `validationSplit`. */
-  validationData?: [Tensor, Tensor];
+  validationData?: [Inputs, Tensor];
   /** Shuffle the training rows each epoch (default true). */
   shuffle?: boolean;
   /** Seed of the shuffling order (default 0), so that runs repeat exactly. */
@@ -46,12 +47,12 @@ function int(what: string, v: unknown, dflt: number, min: number): number {
 }
 
 /** The training loop behind {@link Model.fit}. @internal */
-export async function fit(model: Model, x: Tensor, y: Tensor, options: FitOptions): Promise<History> {
+export async function fit(model: Model, x: Inputs, y: Tensor, options: FitOptions): Promise<History> {
   if (typeof options !== 'object' || options === null) {
     throw new TypeError(`fit: options must be an object, got ${describe(options)}`);
   }
   for (const k of Object.keys(options)) if (!KNOWN.has(k)) throw new TypeError(`fit: unknown option ${k}`);
-  checkTensor('x', x);
+  const xList = inputList(model.kind, 'x', x);
   checkTensor('y', y);
   const epochs = int('epochs', options.epochs, 1, 0);
   const batchSize = int('batchSize', options.batchSize, 32, 1);
@@ -61,27 +62,28 @@ export async function fit(model: Model, x: Tensor, y: Tensor, options: FitOption
   if (typeof split !== 'number' || !(split >= 0 && split < 1)) {
     throw new RangeError(`fit: validationSplit must be in [0, 1), got ${String(split)}`);
   }
-  const n = x.shape[0] ?? 0;
+  const n = rowCount(xList);
   if (n !== (y.shape[0] ?? 0)) {
     throw new RangeError(`fit: x and y must have the same batch size (first axis), got ${n} and ${y.shape[0] ?? 0}`);
   }
   let trainX = x;
   let trainY = y;
-  let val: [Tensor, Tensor] | undefined;
+  let val: [Inputs, Tensor] | undefined;
   if (options.validationData !== undefined) {
     const vd = options.validationData;
     if (!Array.isArray(vd) || vd.length !== 2) throw new TypeError('fit: validationData must be [x, y]');
-    val = [checkTensor('validationData[0]', vd[0]), checkTensor('validationData[1]', vd[1])];
+    inputList(model.kind, 'validationData[0]', vd[0]);
+    val = [vd[0], checkTensor('validationData[1]', vd[1])];
   } else if (split > 0) {
     const nVal = Math.floor(n * split);
     if (nVal < 1 || nVal >= n) {
       throw new RangeError(`fit: validationSplit ${split} of ${n} rows leaves no validation or no training rows`);
     }
-    trainX = sliceRows(x, 0, n - nVal);
+    trainX = sliceInputs(x, 0, n - nVal);
     trainY = sliceRows(y, 0, n - nVal);
-    val = [sliceRows(x, n - nVal, n), sliceRows(y, n - nVal, n)];
+    val = [sliceInputs(x, n - nVal, n), sliceRows(y, n - nVal, n)];
   }
-  const nTrain = trainX.shape[0] ?? 0;
+  const nTrain = n - (split > 0 && options.validationData === undefined ? Math.floor(n * split) : 0);
   if (nTrain === 0) throw new RangeError('fit: x has no rows');
   const cb = options.callbacks ?? {};
   if (typeof cb !== 'object' || cb === null) throw new TypeError('fit: callbacks must be an object of hooks');
@@ -104,8 +106,8 @@ export async function fit(model: Model, x: Tensor, y: Tensor, options: FitOption
     for (const [s, e] of batchRanges(nTrain, batchSize)) {
       await cb.onBatchBegin?.(batch, { size: e - s });
       const idx = order?.subarray(s, e);
-      const bx = idx ? takeRows(trainX, idx) : sliceRows(trainX, s, e);
-      const by = idx ? takeRows(trainY, idx) : sliceRows(trainY, s, e);
+      const bx = idx ? takeInputs(trainX, idx) : sliceInputs(trainX, s, e);
+      const by = idx ? (takeInputs(trainY, idx) as Tensor) : sliceRows(trainY, s, e);
       const { loss } = await model.trainStep(bx, by);
       sum += loss * (e - s);
       rows += e - s;

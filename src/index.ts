@@ -12,11 +12,13 @@ export { layers } from './layers.js';
 export type { Activation, DenseSpec, DropoutSpec, EmbeddingSpec, LayerBase, LayerSpec, LstmSpec } from './layers.js';
 export { optimizers } from './optimizers.js';
 export type { AdamOptions, ClipOptions, OptimizerSpec, SgdOptions } from './optimizers.js';
-export { Model, load, sequential } from './model.js';
+export { Model, load, memoryNetwork, sequential } from './model.js';
+export type { Inputs, MemoryInputs } from './inputs.js';
 export type {
   CompileOptions,
   InitialStates,
   LossSpec,
+  MemoryNetworkOptions,
   ModelConfig,
   PredictOptions,
   SequentialOptions,

@@ -3,12 +3,17 @@ import { native, nativeAsync } from './errors.js';
 import type { LayerSpec } from './layers.js';
 import type { OptimizerSpec } from './optimizers.js';
 import { checkTensor, describe, sliceRows, type Tensor, type TensorData } from './tensor.js';
+import { inputList, rowCount, type Inputs, type MemoryInputs } from './inputs.js';
 import { fit, type FitOptions } from './fit.js';
 import type { History } from './callbacks.js';
 import { batchRanges } from './batching.js';
 
 /** A loss: `'crossEntropy'` on logits with int32 class ids, or `'mse'` with float targets. */
-export type LossSpec = 'crossEntropy' | 'mse' | { type: 'crossEntropy'; ignoreIndex?: number } | { type: 'mse' };
+export type LossSpec =
+  | 'crossEntropy'
+  | 'mse'
+  | { type: 'crossEntropy'; ignoreIndex?: number; reduction?: 'mean' | 'sum' }
+  | { type: 'mse' };
 
 /** Options of {@link Model.compile}. */
 export interface CompileOptions {
@@ -18,7 +23,8 @@ export interface CompileOptions {
    * `crossEntropy` takes logits `[batch, classes]` with ids `[batch]`, or `[batch, seqLen, classes]` with ids
    * `[batch, seqLen]` (every step) or `[batch]` (last step); ids equal to `ignoreIndex` (default -100) are
    * left out of the mean. `mse` takes float targets of the output's shape, or `[batch, features]` for the last
-   * step of a sequence.
+   * step of a sequence. `reduction: 'sum'` adds the per-target losses instead of averaging them (the
+   * memory-network paper's learning rates assume sums).
    */
   loss: LossSpec;
 }
@@ -91,6 +97,7 @@ function positiveInt(what: string, v: unknown, dflt: number): number {
  */
 export class Model {
   #native: NativeModel;
+  #kind: string;
   #queue: Promise<unknown> = Promise.resolve();
   #disposed = false;
   /** Set to true (e.g. from a callback) to stop `fit` after the current batch. */
@@ -99,6 +106,12 @@ export class Model {
   /** @internal Use {@link sequential} or {@link load}. */
   constructor(handle: NativeModel) {
     this.#native = handle;
+    this.#kind = native(() => handle.kind());
+  }
+
+  /** `'sequential'` or `'memoryNetwork'`. */
+  get kind(): string {
+    return this.#kind;
   }
 
   #check(op: string): NativeModel {
@@ -132,41 +145,64 @@ export class Model {
   }
 
   /** One forward pass, loss, backward pass and optimizer update on a batch, off the event loop. */
-  async trainStep(x: Tensor, y: Tensor, options: StepOptions = {}): Promise<StepResult> {
-    const xs = toNative(checkTensor('x', x));
+  async trainStep(x: Inputs, y: Tensor, options: StepOptions = {}): Promise<StepResult> {
+    const xs = inputList(this.#kind, 'x', x).map(toNative);
     const ys = toNative(checkTensor('y', y));
     const states = statesToNative(options.initialState);
     return this.#enqueue('trainStep', (m) => m.trainStep(xs, ys, states));
   }
 
   /** The model's output (inference mode: no dropout), computed in batches off the event loop. */
-  async predict(x: Tensor, options: PredictOptions = {}): Promise<Tensor> {
-    checkTensor('x', x);
+  async predict(x: Inputs, options: PredictOptions = {}): Promise<Tensor> {
+    const list = inputList(this.#kind, 'x', x);
     const batchSize = positiveInt('predict: batchSize', options.batchSize, 128);
-    const n = x.shape[0] ?? 0;
+    const n = rowCount(list);
     if (n === 0) throw new RangeError('predict: x has no rows');
     const outs: Tensor[] = [];
     for (const [s, e] of batchRanges(n, batchSize)) {
-      const xs = toNative(sliceRows(x, s, e));
+      const xs = list.map((t) => toNative(sliceRows(t, s, e)));
       const states = statesToNative(sliceStates(options.initialState, s, e));
       outs.push(await this.#enqueue('predict', (m) => m.predict(xs, states)));
     }
     return concatRows(outs);
   }
 
+  /**
+   * Memory networks: each hop's attention over the memory slots, `[hops, batch, memorySize]` (rows sum to 1
+   * over the real sentences; empty slots get 0).
+   */
+  async attention(x: MemoryInputs): Promise<Tensor> {
+    const xs = inputList(this.#kind, 'x', x).map(toNative);
+    if (this.#kind !== 'memoryNetwork') throw new TypeError('attention: only a memory network has memory attention');
+    return this.#enqueue('attention', (m) => m.attention(xs));
+  }
+
+  /**
+   * Memory networks: linear start (Sukhbaatar et al. 2015, section 4.2) removes the softmax from the memory
+   * layers while on; turn it off once the validation loss stops falling.
+   */
+  get linearStart(): boolean {
+    return native(() => this.#check('linearStart').getLinearStart());
+  }
+
+  set linearStart(on: boolean) {
+    const m = this.#check('linearStart');
+    native(() => m.setLinearStart(on));
+  }
+
   /** The compiled loss on `x`, `y` in inference mode, averaged over batches weighted by their rows. */
-  async evaluate(x: Tensor, y: Tensor, options: PredictOptions = {}): Promise<number> {
-    checkTensor('x', x);
+  async evaluate(x: Inputs, y: Tensor, options: PredictOptions = {}): Promise<number> {
+    const list = inputList(this.#kind, 'x', x);
     checkTensor('y', y);
     const batchSize = positiveInt('evaluate: batchSize', options.batchSize, 128);
-    const n = x.shape[0] ?? 0;
+    const n = rowCount(list);
     if (n !== (y.shape[0] ?? 0)) {
       throw new RangeError(`evaluate: x and y must have the same batch size, got ${n} and ${y.shape[0] ?? 0}`);
     }
     if (n === 0) throw new RangeError('evaluate: x has no rows');
     let total = 0;
     for (const [s, e] of batchRanges(n, batchSize)) {
-      const xs = toNative(sliceRows(x, s, e));
+      const xs = list.map((t) => toNative(sliceRows(t, s, e)));
       const ys = toNative(sliceRows(y, s, e));
       const states = statesToNative(sliceStates(options.initialState, s, e));
       const r = await this.#enqueue('evaluate', (m) => m.evaluate(xs, ys, states));
@@ -179,7 +215,7 @@ export class Model {
    * Trains for `epochs` passes over `x`, `y` in batches, with optional validation and callbacks; resolves
    * to the {@link History}. The event loop stays free between and during steps.
    */
-  async fit(x: Tensor, y: Tensor, options: FitOptions = {}): Promise<History> {
+  async fit(x: Inputs, y: Tensor, options: FitOptions = {}): Promise<History> {
     this.#check('fit');
     return fit(this, x, y, options);
   }
@@ -340,4 +376,49 @@ export function sequential(layerSpecs: LayerSpec[], options: SequentialOptions =
 export async function load(path: string): Promise<Model> {
   if (typeof path !== 'string') throw new TypeError(`load: path must be a string, got ${describe(path)}`);
   return new Model(await nativeAsync(() => loadModel(path)));
+}
+
+/** Options of {@link memoryNetwork}. */
+export interface MemoryNetworkOptions {
+  /** Number of distinct word ids (id 0 is padding). */
+  vocabSize: number;
+  /** Words per sentence and per query (padded with 0). */
+  sentenceLen: number;
+  /** Embedding size d (default 20). */
+  embedDim?: number;
+  /** Memory hops K (default 3). */
+  hops?: number;
+  /** Sentences kept in memory, the most recent (default 50). */
+  memorySize?: number;
+  /** `adjacent` (A^{k+1} = C^k, B = A^1, W = C^K; the default) or `layerwise` (shared A, C and a map H). */
+  weightTying?: 'adjacent' | 'layerwise';
+  /** Position encoding of word order within a sentence (default true); false gives bag of words. */
+  positionEncoding?: boolean;
+  /** Temporal encoding T_A, T_C of each sentence's recency (default true). */
+  temporalEncoding?: boolean;
+  /** Fraction of empty memories inserted into training stories (the paper's RN: 0.1; default 0). */
+  randomNoise?: number;
+  /** Seeds the initial weights (N(0, 0.1^2)) and the random noise. Default: random. */
+  seed?: number;
+  /** `float32` (default) or `float64`. */
+  dtype?: 'float32' | 'float64';
+}
+
+/**
+ * An End-to-End Memory Network (Sukhbaatar, Szlam, Weston and Fergus 2015). Inputs are
+ * `{ stories: Int32 [batch, memorySize, sentenceLen], queries: Int32 [batch, sentenceLen] }` with sentences
+ * oldest first; the output is answer logits `[batch, vocabSize]`. Parameters are named after the paper:
+ * with adjacent tying `A.1` (also B), `C.1` ... `C.K` (C^k is also A^{k+1}, C^K also W), `T_A.1`, `T_C.k`;
+ * with layerwise tying `A`, `B`, `C`, `W`, `H`, `T_A`, `T_C`.
+ */
+export function memoryNetwork(options: MemoryNetworkOptions): Model {
+  if (typeof options !== 'object' || options === null) {
+    throw new TypeError(`memoryNetwork: options must be an object, got ${describe(options)}`);
+  }
+  const seed = options.seed;
+  if (seed !== undefined && (!Number.isSafeInteger(seed) || seed < 0)) {
+    throw new RangeError(`memoryNetwork: seed must be a non-negative safe integer, got ${String(seed)}`);
+  }
+  const spec = { ...options, seed: seed ?? Math.floor(Math.random() * 2 ** 32) };
+  return new Model(native(() => NativeModel.createMemoryNetwork(JSON.stringify(spec))));
 }

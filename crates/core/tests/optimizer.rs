@@ -84,3 +84,16 @@ fn a_checkpoint_whose_optimizer_state_has_the_wrong_shape_is_rejected() {
     let msg = err.to_string();
     assert!(msg.contains("optimizer state 0.weight/exp_avg has shape [5, 5], the parameter [2, 3]"), "{msg}");
 }
+
+#[test]
+fn cross_entropy_sum_reduction_is_the_mean_times_the_counted_targets() {
+    let spec = json!({ "layers": [{ "type": "embedding", "vocabSize": 5, "dim": 3 }, { "type": "dense", "units": 5 }], "seed": 2 });
+    let opt = json!({ "type": "sgd" });
+    let mean = compiled(spec.clone(), opt.clone(), json!({ "type": "crossEntropy" }));
+    let sum = compiled(spec, opt, json!({ "type": "crossEntropy", "reduction": "sum" }));
+    let x = HostTensor::i32(vec![1, 2, 3, 4, 0, 1], &[2, 3]).unwrap();
+    // One target ignored: five count.
+    let y = HostTensor::i32(vec![2, -100, 4, 0, 1, 3], &[2, 3]).unwrap();
+    let (m, s) = (mean.evaluate(&x, &y, &[]).unwrap(), sum.evaluate(&x, &y, &[]).unwrap());
+    assert!((s - 5.0 * m).abs() < 1e-5 * s.abs(), "sum {s} vs 5 x mean {m}");
+}

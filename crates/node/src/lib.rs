@@ -3,6 +3,7 @@
 
 mod error;
 mod model;
+mod net;
 mod tensor;
 
 pub use model::{Model, StepResult, load_model};

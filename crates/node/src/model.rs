@@ -4,15 +4,18 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use engram_core::{CompileConfig, HostTensor, InitialState, Sequential, SequentialConfig};
+use engram_core::{
+    CompileConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential, SequentialConfig,
+};
 use napi::bindgen_prelude::{AsyncTask, Env};
 use napi::{Task, bindgen_prelude::Result};
 use napi_derive::napi;
 
 use crate::error::{guard, state_error, to_napi, type_error};
+use crate::net::Net;
 use crate::tensor::{JsState, JsTensor, NamedTensor, states_to_host, to_host, to_js};
 
-type Shared = Arc<Mutex<Option<Sequential>>>;
+type Shared = Arc<Mutex<Option<Net>>>;
 
 #[napi]
 pub struct Model {
@@ -24,8 +27,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<
 }
 
 /// Locks the model for one call, or explains why it cannot be used now.
-fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Sequential) -> Result<T>) -> Result<T> {
-    let mut guard: MutexGuard<Option<Sequential>> = match inner.try_lock() {
+fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Net) -> Result<T>) -> Result<T> {
+    let mut guard: MutexGuard<Option<Net>> = match inner.try_lock() {
         Ok(g) => g,
         Err(TryLockError::WouldBlock) => {
             return Err(state_error(format!(
@@ -51,7 +54,39 @@ impl Model {
     pub fn create(spec_json: String) -> Result<Model> {
         let config: SequentialConfig = parse_json("model spec", &spec_json)?;
         let model = Sequential::new(config).map_err(to_napi)?;
-        Ok(Model { inner: Arc::new(Mutex::new(Some(model))) })
+        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::Sequential(model)))) })
+    }
+
+    /// Builds an end-to-end memory network from its JSON options.
+    #[napi(factory, catch_unwind)]
+    pub fn create_memory_network(options_json: String) -> Result<Model> {
+        let config: MemoryNetworkConfig = parse_json("memoryNetwork options", &options_json)?;
+        let model = MemoryNetwork::new(config).map_err(to_napi)?;
+        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::MemoryNetwork(model)))) })
+    }
+
+    /// `sequential` or `memoryNetwork`.
+    #[napi(catch_unwind)]
+    pub fn kind(&self) -> Result<String> {
+        with_model(&self.inner, "kind", |m| Ok(m.kind().to_string()))
+    }
+
+    /// Memory networks: linear start (attention without softmax) on or off.
+    #[napi(catch_unwind)]
+    pub fn set_linear_start(&self, on: bool) -> Result<()> {
+        with_model(&self.inner, "linearStart", |m| m.set_linear(on).map_err(to_napi))
+    }
+
+    #[napi(catch_unwind)]
+    pub fn get_linear_start(&self) -> Result<bool> {
+        with_model(&self.inner, "linearStart", |m| Ok(m.is_linear()))
+    }
+
+    /// Memory networks: each hop's attention over the memories, `[hops, batch, memorySize]`.
+    #[napi(catch_unwind, ts_return_type = "Promise<JsTensor>")]
+    pub fn attention(&self, inputs: Vec<JsTensor>) -> Result<AsyncTask<Job>> {
+        let inputs = inputs_to_host(&inputs)?;
+        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Attention { inputs } }))
     }
 
     /// Compiles with `{ optimizer, loss }` as JSON; resets the optimizer state.
@@ -63,44 +98,49 @@ impl Model {
 
     #[napi(catch_unwind)]
     pub fn set_learning_rate(&self, lr: f64) -> Result<()> {
-        with_model(&self.inner, "setLearningRate", |m| m.set_learning_rate(lr).map_err(to_napi))
+        with_model(&self.inner, "setLearningRate", |m| m.trainer_mut().set_learning_rate(lr).map_err(to_napi))
     }
 
     #[napi(catch_unwind)]
     pub fn get_learning_rate(&self) -> Result<Option<f64>> {
-        with_model(&self.inner, "getLearningRate", |m| Ok(m.learning_rate()))
+        with_model(&self.inner, "getLearningRate", |m| Ok(m.trainer().learning_rate()))
     }
 
     /// Optimizer steps taken since compile.
     #[napi(catch_unwind)]
     pub fn step_count(&self) -> Result<f64> {
-        with_model(&self.inner, "stepCount", |m| Ok(m.step_count() as f64))
+        with_model(&self.inner, "stepCount", |m| Ok(m.trainer().step_count() as f64))
     }
 
     /// One forward, loss, backward and update on a batch. Resolves to `{ loss, gradNorm }`.
     #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
-    pub fn train_step(&self, x: JsTensor, y: JsTensor, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
-        let x = to_host("x", &x)?;
+    pub fn train_step(
+        &self,
+        inputs: Vec<JsTensor>,
+        y: JsTensor,
+        states: Option<Vec<JsState>>,
+    ) -> Result<AsyncTask<Job>> {
+        let inputs = inputs_to_host(&inputs)?;
         let y = to_host("y", &y)?;
         let states = states_to_host(states)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Train { x, y, states } }))
+        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Train { inputs, y, states } }))
     }
 
     /// The model's output for a batch, in inference mode.
     #[napi(catch_unwind, ts_return_type = "Promise<JsTensor>")]
-    pub fn predict(&self, x: JsTensor, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
-        let x = to_host("x", &x)?;
+    pub fn predict(&self, inputs: Vec<JsTensor>, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
+        let inputs = inputs_to_host(&inputs)?;
         let states = states_to_host(states)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Predict { x, states } }))
+        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Predict { inputs, states } }))
     }
 
     /// The compiled loss on a batch, in inference mode. Resolves to `{ loss, gradNorm: 0 }`.
     #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
-    pub fn evaluate(&self, x: JsTensor, y: JsTensor, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
-        let x = to_host("x", &x)?;
+    pub fn evaluate(&self, inputs: Vec<JsTensor>, y: JsTensor, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
+        let inputs = inputs_to_host(&inputs)?;
         let y = to_host("y", &y)?;
         let states = states_to_host(states)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Evaluate { x, y, states } }))
+        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Evaluate { inputs, y, states } }))
     }
 
     /// Writes a checkpoint (atomically).
@@ -119,7 +159,7 @@ impl Model {
     #[napi(catch_unwind)]
     pub fn get_weights(&self) -> Result<Vec<NamedTensor>> {
         with_model(&self.inner, "getWeights", |m| {
-            let w = m.weights().map_err(to_napi)?;
+            let w = m.trainer().weights().map_err(to_napi)?;
             Ok(w.into_iter().map(|(name, t)| NamedTensor { name, tensor: to_js(t) }).collect())
         })
     }
@@ -131,7 +171,9 @@ impl Model {
             .iter()
             .map(|w| Ok((w.name.clone(), to_host(&format!("setWeights {}", w.name), &w.tensor)?)))
             .collect::<Result<Vec<(String, HostTensor)>>>()?;
-        with_model(&self.inner, "setWeights", |m| m.set_weights(&host, strict.unwrap_or(true)).map_err(to_napi))
+        with_model(&self.inner, "setWeights", |m| {
+            m.trainer_mut().set_weights(&host, strict.unwrap_or(true)).map_err(to_napi)
+        })
     }
 
     #[napi(catch_unwind)]
@@ -142,16 +184,15 @@ impl Model {
     /// The spec the model was built from, as JSON.
     #[napi(catch_unwind)]
     pub fn config_json(&self) -> Result<String> {
-        with_model(&self.inner, "config", |m| {
-            serde_json::to_string(m.config()).map_err(|e| state_error(format!("config: {e}")))
-        })
+        with_model(&self.inner, "config", |m| m.config_json().map_err(to_napi))
     }
 
     /// The compile options, as JSON, or null before compile.
     #[napi(catch_unwind)]
     pub fn compile_json(&self) -> Result<Option<String>> {
         with_model(&self.inner, "compileConfig", |m| {
-            m.compile_config()
+            m.trainer()
+                .compile_config()
                 .map(|c| serde_json::to_string(c).map_err(|e| state_error(format!("compileConfig: {e}"))))
                 .transpose()
         })
@@ -159,7 +200,7 @@ impl Model {
 
     #[napi(catch_unwind)]
     pub fn param_count(&self) -> Result<f64> {
-        with_model(&self.inner, "paramCount", |m| Ok(m.param_count() as f64))
+        with_model(&self.inner, "paramCount", |m| Ok(m.trainer().param_count() as f64))
     }
 
     /// Frees the weights. Later calls fail with a clear error; disposing twice is harmless.
@@ -203,9 +244,10 @@ pub struct StepResult {
 }
 
 pub enum Work {
-    Train { x: HostTensor, y: HostTensor, states: Vec<InitialState> },
-    Predict { x: HostTensor, states: Vec<InitialState> },
-    Evaluate { x: HostTensor, y: HostTensor, states: Vec<InitialState> },
+    Train { inputs: Vec<HostTensor>, y: HostTensor, states: Vec<InitialState> },
+    Predict { inputs: Vec<HostTensor>, states: Vec<InitialState> },
+    Evaluate { inputs: Vec<HostTensor>, y: HostTensor, states: Vec<InitialState> },
+    Attention { inputs: Vec<HostTensor> },
     Save { path: String },
     LoadWeights { path: String, prefix: String },
 }
@@ -230,6 +272,7 @@ impl Task for Job {
             Work::Train { .. } => "trainStep",
             Work::Predict { .. } => "predict",
             Work::Evaluate { .. } => "evaluate",
+            Work::Attention { .. } => "attention",
             Work::Save { .. } => "save",
             Work::LoadWeights { .. } => "loadWeights",
         };
@@ -237,21 +280,22 @@ impl Task for Job {
         guard(op, || {
             with_model(&self.inner, op, |m| {
                 Ok(match work {
-                    Work::Train { x, y, states } => {
-                        let r = m.train_step(x, y, states).map_err(to_napi)?;
+                    Work::Train { inputs, y, states } => {
+                        let r = m.train_step(inputs, y, states).map_err(to_napi)?;
                         Done::Step(StepResult { loss: r.loss, grad_norm: r.grad_norm })
                     }
-                    Work::Predict { x, states } => Done::Tensor(m.predict(x, states).map_err(to_napi)?),
-                    Work::Evaluate { x, y, states } => {
-                        let loss = m.evaluate(x, y, states).map_err(to_napi)?;
+                    Work::Predict { inputs, states } => Done::Tensor(m.predict(inputs, states).map_err(to_napi)?),
+                    Work::Attention { inputs } => Done::Tensor(m.attention(inputs).map_err(to_napi)?),
+                    Work::Evaluate { inputs, y, states } => {
+                        let loss = m.evaluate(inputs, y, states).map_err(to_napi)?;
                         Done::Step(StepResult { loss, grad_norm: 0.0 })
                     }
                     Work::Save { path } => {
-                        m.save(path).map_err(to_napi)?;
+                        m.save(path.as_ref()).map_err(to_napi)?;
                         Done::Nothing
                     }
                     Work::LoadWeights { path, prefix } => {
-                        m.load_weights(path, prefix).map_err(to_napi)?;
+                        m.load_weights(path.as_ref(), prefix).map_err(to_napi)?;
                         Done::Nothing
                     }
                 })
@@ -274,14 +318,18 @@ pub struct LoadTask {
 }
 
 impl Task for LoadTask {
-    type Output = Sequential;
+    type Output = Net;
     type JsValue = Model;
 
-    fn compute(&mut self) -> Result<Sequential> {
-        guard("load", || Sequential::load(&self.path).map_err(to_napi))
+    fn compute(&mut self) -> Result<Net> {
+        guard("load", || Net::load(self.path.as_ref()).map_err(to_napi))
     }
 
-    fn resolve(&mut self, _env: Env, output: Sequential) -> Result<Model> {
+    fn resolve(&mut self, _env: Env, output: Net) -> Result<Model> {
         Ok(Model { inner: Arc::new(Mutex::new(Some(output))) })
     }
+}
+
+fn inputs_to_host(inputs: &[JsTensor]) -> Result<Vec<HostTensor>> {
+    inputs.iter().enumerate().map(|(i, t)| to_host(&format!("input {i}"), t)).collect()
 }

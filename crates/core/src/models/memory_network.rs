@@ -227,7 +227,17 @@ impl MemoryNetwork {
             hops = Some(Tensor::stack(&att, 0)?);
             Ok(out)
         })?;
-        HostTensor::from_tensor(&hops.ok_or_else(|| Error::State("attention: no hops ran".into()))?)
+        let hops = hops.ok_or_else(|| Error::State("attention: no hops ran".into()))?;
+        // The batch may have left out trailing empty slots; give them back as zeros.
+        let used = hops.dim(2)?;
+        let full = if used < self.config.memory_size {
+            let (k, b, _) = hops.dims3()?;
+            let pad = Tensor::zeros((k, b, self.config.memory_size - used), hops.dtype(), hops.device())?;
+            Tensor::cat(&[&hops, &pad], 2)?
+        } else {
+            hops
+        };
+        HostTensor::from_tensor(&full)
     }
 
     /// The compiled loss on a batch in inference mode.
@@ -381,6 +391,17 @@ impl Net<'_> {
             }
             w
         };
+        // Slots past the longest story in the batch hold only padding: leave them out. Results are the same
+        // (temporal rows count back from the newest sentence) and short stories cost far less.
+        let used = lengths.iter().copied().max().unwrap_or(1);
+        if used < m {
+            let mut trimmed = vec![0i32; b * used * s];
+            for bi in 0..b {
+                trimmed[bi * used * s..(bi + 1) * used * s].copy_from_slice(&st[bi * m * s..(bi * m + used) * s]);
+            }
+            st = trimmed;
+        }
+        let m = used;
         let mut time = vec![0u32; b * m];
         let mut mask = vec![0.0f64; b * m];
         for bi in 0..b {

@@ -23,11 +23,23 @@ pub enum LossSpec {
 pub struct CrossEntropySpec {
     #[serde(default = "default_ignore")]
     pub ignore_index: i64,
+    #[serde(default)]
+    pub reduction: Reduction,
+}
+
+/// How per-target losses combine, as PyTorch's `reduction`: the mean over counted targets, or their sum
+/// (what the memory-network paper's learning rates assume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Reduction {
+    #[default]
+    Mean,
+    Sum,
 }
 
 impl Default for CrossEntropySpec {
     fn default() -> Self {
-        CrossEntropySpec { ignore_index: default_ignore() }
+        CrossEntropySpec { ignore_index: default_ignore(), reduction: Reduction::Mean }
     }
 }
 
@@ -43,13 +55,18 @@ impl LossSpec {
     /// The scalar loss of `output` against host targets `y`.
     pub fn compute(&self, output: &Tensor, y: &HostTensor) -> Result<Tensor> {
         match self {
-            LossSpec::CrossEntropy(s) => cross_entropy(output, y, s.ignore_index),
+            LossSpec::CrossEntropy(s) => cross_entropy(output, y, s.ignore_index, s.reduction),
             LossSpec::Mse(_) => mse(output, y),
         }
     }
 }
 
-pub(crate) fn cross_entropy(logits: &Tensor, y: &HostTensor, ignore_index: i64) -> Result<Tensor> {
+pub(crate) fn cross_entropy(
+    logits: &Tensor,
+    y: &HostTensor,
+    ignore_index: i64,
+    reduction: Reduction,
+) -> Result<Tensor> {
     let HostData::I32(ids) = &y.data else {
         return Err(Error::Type(format!(
             "crossEntropy: y must hold int32 class ids (an Int32Array), got {} data",
@@ -101,7 +118,11 @@ pub(crate) fn cross_entropy(logits: &Tensor, y: &HostTensor, ignore_index: i64) 
     let picked = logp.gather(&idx, 1)?.squeeze(1)?;
     let mask = Tensor::from_vec(mask, n, dev)?.to_dtype(logits.dtype())?;
     // Mean over the targets that count; an all-ignored batch contributes 0 rather than NaN.
-    Ok(picked.mul(&mask)?.sum_all()?.affine(-1.0 / count.max(1.0), 0.0)?)
+    let scale = match reduction {
+        Reduction::Mean => -1.0 / count.max(1.0),
+        Reduction::Sum => -1.0,
+    };
+    Ok(picked.mul(&mask)?.sum_all()?.affine(scale, 0.0)?)
 }
 
 pub(crate) fn mse(output: &Tensor, y: &HostTensor) -> Result<Tensor> {

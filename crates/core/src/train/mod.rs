@@ -4,6 +4,6 @@ pub mod loss;
 pub mod optimizer;
 pub mod trainer;
 
-pub use loss::{CrossEntropySpec, LossSpec, MseSpec};
+pub use loss::{CrossEntropySpec, LossSpec, MseSpec, Reduction};
 pub use optimizer::{Optimizer, OptimizerConfig, OptimizerKind, OptimizerSpec, Slot};
 pub use trainer::{CompileConfig, StepOutput, Trainer};
