@@ -17,7 +17,17 @@ describe('examples', () => {
     expect(mse).toBeLessThan(baseline / 3);
   });
 
-  it('the demo trains on Tiny Shakespeare and prints a sample', () => {
+  it('the demo trains a memory network on bAbI task 1 and shows its attention', () => {
+    const { code, out } = runExample('examples/babi-demo.ts', ['--epochs', '40', '--questions', '2']);
+    expect(code, out).toBe(0);
+    const acc = /test accuracy ([\d.]+)% on 1000 questions/.exec(out);
+    expect(acc, out).not.toBeNull();
+    expect(Number(acc![1])).toBeGreaterThan(90);
+    expect(out.match(/^Q: where is \w+\?  A: \w+  \(truth: \w+\)$/gm)).toHaveLength(2);
+    expect(out).toMatch(/^\* .+ +[01]\.\d\d +[01]\.\d\d +[01]\.\d\d$/m);
+  });
+
+  it('the Shakespeare LSTM demo trains and prints a sample', () => {
     const { code, out } = runExample('examples/shakespeare-lstm.ts', ['--seconds', '3', '--sample', '40', '--hidden', '32']);
     expect(code, out).toBe(0);
     expect(out).toMatch(/Tiny Shakespeare: 1,115,394 characters, 65 distinct/);

@@ -30,3 +30,5 @@ export type { Callbacks, History, Logs } from './callbacks.js';
 export { dtypeOf, tensor } from './tensor.js';
 export type { DType, Tensor, TensorData } from './tensor.js';
 export * as datasets from './datasets/index.js';
+export { babiRecipe, classificationError } from './recipes.js';
+export type { BabiRecipeOptions, BabiRecipeResult } from './recipes.js';

@@ -87,3 +87,35 @@ fn fused_lstm_backward_matches_finite_differences() {
         }
     }
 }
+
+#[test]
+fn weighted_bag_matches_gather_multiply_sum_forward_and_backward() {
+    use engram_core::kernels::bag::weighted_bag;
+    use std::sync::Arc;
+    let mut rng = Rng::new(8);
+    let (v, d, rows, words) = (9, 4, 5, 3);
+    let e = candle_core::Var::from_tensor(&random(&mut rng, &[v, d], 1.0)).unwrap();
+    let w = random(&mut rng, &[rows, words, d], 1.0);
+    // Some padding (id 0), and a repeated id so the backward must accumulate.
+    let ids: Vec<u32> = vec![1, 2, 0, 3, 3, 4, 0, 0, 5, 8, 7, 6, 2, 2, 2];
+    let r = random(&mut rng, &[rows, d], 1.0);
+    let fused = weighted_bag(e.as_tensor(), Arc::new(ids.clone()), &w).unwrap();
+    let mask: Vec<f64> = ids.iter().map(|&i| if i == 0 { 0.0 } else { 1.0 }).collect();
+    let mask = Tensor::from_vec(mask, (rows, words, 1), &Device::Cpu).unwrap();
+    let idt = Tensor::from_vec(ids, rows * words, &Device::Cpu).unwrap();
+    let generic = e
+        .as_tensor()
+        .index_select(&idt, 0)
+        .unwrap()
+        .reshape((rows, words, d))
+        .unwrap()
+        .mul(&w.broadcast_mul(&mask).unwrap())
+        .unwrap()
+        .sum(1)
+        .unwrap();
+    assert!(max_abs_diff(&fused, &generic) < 1e-12);
+    let gf = fused.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gg = generic.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+    let d = max_abs_diff(gf.get(e.as_tensor()).unwrap(), gg.get(e.as_tensor()).unwrap());
+    assert!(d < 1e-12, "gradient differs by {d}");
+}

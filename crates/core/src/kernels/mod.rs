@@ -1,11 +1,12 @@
 //! Fused CPU kernels: forward and backward side by side, joined to candle autograd as custom ops.
 
+pub mod bag;
 pub mod lstm;
 
 use gemm::Parallelism;
 
 /// The float types the kernels run in, with the activations they apply to whole slices.
-pub trait Real: candle_core::WithDType + num_traits::Float + Send + Sync + 'static {
+pub trait Real: candle_core::WithDType + num_traits::Float + std::ops::AddAssign + Send + Sync + 'static {
     /// `x = 1 / (1 + exp(-x))` for every element.
     fn sigmoid_slice(xs: &mut [Self]) {
         for x in xs {

@@ -20,11 +20,14 @@
 //! All are initialised N(0, 0.1^2) as in the paper. Linear start (LS) removes the softmax in the memory layers;
 //! random noise (RN) inserts empty memories at random places in training stories.
 
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::host::{HostData, HostTensor};
+use crate::kernels::bag::weighted_bag;
 use crate::layers::{Params, check_positive};
 use crate::models::Precision;
 use crate::rng::Rng;
@@ -105,8 +108,11 @@ pub struct MemoryNetwork {
 
 /// Validated inputs as tensors, plus what the forward needs from the host data.
 struct Batch {
+    /// Word ids, flat; as tensors for the generic path and as shared vectors for the fused CPU kernel.
     stories: Tensor,
     queries: Tensor,
+    story_ids: Arc<Vec<u32>>,
+    query_ids: Arc<Vec<u32>>,
     /// `[B, M, S, d]` position weights, zero on padding words (only with position encoding; otherwise a mask).
     story_weights: Tensor,
     query_weights: Tensor,
@@ -416,6 +422,8 @@ impl Net<'_> {
         Ok(Batch {
             story_weights: Tensor::from_vec(weights(&st, b * m), (b, m, s, d), dev)?.to_dtype(dtype)?,
             query_weights: Tensor::from_vec(weights(&q, b), (b, s, d), dev)?.to_dtype(dtype)?,
+            story_ids: Arc::new(as_u32(st.clone())),
+            query_ids: Arc::new(as_u32(q.clone())),
             stories: Tensor::from_vec(as_u32(st), b * m * s, dev)?,
             queries: Tensor::from_vec(as_u32(q), b * s, dev)?,
             time: Tensor::from_vec(time, b * m, dev)?,
@@ -424,8 +432,18 @@ impl Net<'_> {
     }
 
     /// Sentence embeddings `sum_j w_j * E x_j`: `ids` flat, `weights [..., S, d]`; returns `weights` less its S.
-    fn embed(e: &Tensor, ids: &Tensor, weights: &Tensor) -> Result<Tensor> {
-        let rows = e.index_select(ids, 0)?.reshape(weights.dims())?;
+    /// On the CPU this is one fused op (see [`weighted_bag`]); elsewhere a gather, a product and a sum.
+    fn embed(e: &Tensor, ids: &Tensor, shared: &Arc<Vec<u32>>, weights: &Tensor) -> Result<Tensor> {
+        let dims = weights.dims();
+        let (s, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let mut out_shape = dims[..dims.len() - 2].to_vec();
+        out_shape.push(d);
+        if e.device().is_cpu() {
+            let rows = weights.elem_count() / (s * d);
+            let w = weights.reshape((rows, s, d))?;
+            return Ok(weighted_bag(e, shared.clone(), &w)?.reshape(out_shape)?);
+        }
+        let rows = e.index_select(ids, 0)?.reshape(dims)?;
         Ok(rows.mul(weights)?.sum(weights.rank() - 2)?)
     }
 
@@ -435,13 +453,13 @@ impl Net<'_> {
         let (b, m) = x.mask.dims2()?;
         let d = self.config.embed_dim;
         let memory = |emb: usize, t: Option<&usize>| -> Result<Tensor> {
-            let mut out = Self::embed(&p[emb], &x.stories, &x.story_weights)?;
+            let mut out = Self::embed(&p[emb], &x.stories, &x.story_ids, &x.story_weights)?;
             if let Some(&t) = t {
                 out = out.add(&p[t].index_select(&x.time, 0)?.reshape((b, m, d))?)?;
             }
             Ok(out)
         };
-        let mut u = Self::embed(&p[l.b], &x.queries, &x.query_weights)?;
+        let mut u = Self::embed(&p[l.b], &x.queries, &x.query_ids, &x.query_weights)?;
         // Masked slots get a score far below any real one, so softmax gives them zero weight.
         let offset = x.mask.affine(1e9, -1e9)?;
         let mut attention = Vec::with_capacity(self.config.hops);
