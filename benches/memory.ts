@@ -5,14 +5,10 @@
  * all 20 tasks x 100 epochs is in examples/babi/RESULTS.md (`npm run babi`).
  * @module
  */
-import { datasets, memoryNetwork, optimizers, type Tensor } from '../src/index.js';
+import { datasets, memoryNetwork, optimizers } from '../src/index.js';
+import { sliceRows as rows } from '../src/tensor.js';
 import { timeCase, type Budget, type Suite } from './measure.js';
 import type { CaseResult } from './report.js';
-
-function rows(t: Tensor, s: number, e: number): Tensor {
-  const r = t.shape.slice(1).reduce((a, b) => a * b, 1);
-  return { data: t.data.subarray(s * r, e * r), shape: [e - s, ...t.shape.slice(1)] };
-}
 
 export const memory: Suite = {
   name: 'memory',

@@ -39,19 +39,24 @@ function commit(): string {
   }
 }
 
-/** The addon and its build time, flagged when it is older than the last commit to the Rust sources. */
+/** The newest modification time among the Rust sources and manifests the addon is built from. */
+function newestRustSource(): number {
+  const crates = path.join(repoRoot, 'crates');
+  const files = readdirSync(crates, { recursive: true, encoding: 'utf8' })
+    .filter((f) => /(^|\/)src\/.*\.rs$|Cargo\.toml$/.test(f))
+    .map((f) => path.join(crates, f));
+  files.push(path.join(repoRoot, 'Cargo.toml'), path.join(repoRoot, 'Cargo.lock'));
+  return Math.max(...files.map((f) => statSync(f, { throwIfNoEntry: false })?.mtimeMs ?? 0));
+}
+
+/** The addon and its build time, flagged when a Rust source changed after it was built. */
 function addon(): string {
   const src = path.join(repoRoot, 'src');
   const file = readdirSync(src).find((f) => f.endsWith('.node'));
   if (file === undefined) return 'not found';
   const built = statSync(path.join(src, file)).mtime;
-  let stale = false;
-  try {
-    stale = Number(git('log', '-1', '--format=%ct', '--', 'crates', 'Cargo.toml', 'Cargo.lock')) * 1000 > built.getTime();
-  } catch {
-    // Not a git checkout: nothing to compare with.
-  }
-  return `${file} built ${built.toISOString()}${stale ? ' (older than the last commit to crates/: stale)' : ''}`;
+  const stale = newestRustSource() > built.getTime();
+  return `${file} built ${built.toISOString()}${stale ? ' (older than crates/: stale)' : ''}`;
 }
 
 /**

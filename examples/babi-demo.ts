@@ -7,6 +7,7 @@
 // Data: $ENGRAM_DATA/babi/en (ENGRAM_DATA defaults to ../shared/data).
 import { parseArgs } from 'node:util';
 import { babiRecipe, datasets } from '../src/index.js';
+import { sliceRows } from '../src/tensor.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -29,11 +30,7 @@ const r = await babiRecipe(train, test, {
 console.log(`test accuracy ${(100 * (1 - r.testError)).toFixed(1)}% on ${test.length} questions (${r.seconds.toFixed(1)} s)\n`);
 
 const shown = Number(args.questions);
-const pick = (t: { data: ArrayLike<number>; shape: readonly number[] }, n: number) => {
-  const row = t.shape.slice(1).reduce((a, b) => a * b, 1);
-  return { data: Int32Array.from(Array.prototype.slice.call(t.data, 0, n * row) as number[]), shape: [n, ...t.shape.slice(1)] };
-};
-const x = { stories: pick(r.test.stories, shown), queries: pick(r.test.queries, shown) };
+const x = { stories: sliceRows(r.test.stories, 0, shown), queries: sliceRows(r.test.queries, 0, shown) };
 const [att, logits] = [await r.model.attention(x), await r.model.predict(x)];
 const hops = att.shape[0]!;
 const m = r.test.memorySize;

@@ -9,17 +9,29 @@
  */
 
 export { layers } from './layers.js';
-export type { Activation, DenseSpec, DropoutSpec, EmbeddingSpec, LayerBase, LayerSpec, LstmSpec } from './layers.js';
+export type {
+  Activation,
+  DenseSpec,
+  DropoutSpec,
+  EmbeddingSpec,
+  LayerBase,
+  LayerOptions,
+  LayerSpec,
+  LstmSpec,
+} from './layers.js';
 export { optimizers } from './optimizers.js';
-export type { AdamOptions, ClipOptions, OptimizerSpec, SgdOptions } from './optimizers.js';
+export type { AdamOptions, AdamSpec, ClipOptions, OptimizerSpec, SgdOptions, SgdSpec } from './optimizers.js';
 export { Model, load, memoryNetwork, sequential } from './model.js';
 export type { Inputs, MemoryInputs } from './inputs.js';
 export type {
   CompileOptions,
+  CrossEntropyLoss,
   InitialStates,
+  LstmInitialState,
   LossSpec,
   MemoryNetworkOptions,
   ModelConfig,
+  MseLoss,
   PredictOptions,
   SequentialOptions,
   StepOptions,

@@ -3,7 +3,9 @@ import { checkTensor, describe, sliceRows, takeRows, type Tensor } from './tenso
 /** The two inputs of a memory network, row for row: `stories [batch, memorySize, sentenceLen]` and
  * `queries [batch, sentenceLen]`, int32 word ids with 0 as padding. */
 export interface MemoryInputs {
+  /** `[batch, memorySize, sentenceLen]`, sentences oldest first, padding after. */
   stories: Tensor;
+  /** `[batch, sentenceLen]`. */
   queries: Tensor;
 }
 

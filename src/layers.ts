@@ -12,6 +12,7 @@ export interface LayerBase {
 
 /** Token embedding, as `nn.Embedding` (`weight [vocabSize, dim]`, N(0, 1) init). Must be the first layer. */
 export interface EmbeddingSpec extends LayerBase {
+  /** Selects the layer. */
   type: 'embedding';
   /** Number of distinct token ids; ids must be in `[0, vocabSize)`. */
   vocabSize: number;
@@ -24,6 +25,7 @@ export type Activation = 'linear' | 'relu' | 'tanh' | 'sigmoid';
 
 /** Fully connected layer on the last axis, as `nn.Linear` (`weight [units, in]`, `bias [units]`). */
 export interface DenseSpec extends LayerBase {
+  /** Selects the layer. */
   type: 'dense';
   /** Output features. */
   units: number;
@@ -40,6 +42,7 @@ export interface DenseSpec extends LayerBase {
  * `bias_ih_l{k}`, `bias_hh_l{k}`, gate order i, f, g, o. Input `[batch, seqLen, features]`.
  */
 export interface LstmSpec extends LayerBase {
+  /** Selects the layer. */
   type: 'lstm';
   /** Size of the hidden and cell state. */
   hiddenSize: number;
@@ -55,6 +58,7 @@ export interface LstmSpec extends LayerBase {
 
 /** Inverted dropout: zeroes values with probability `rate` in training, identity otherwise. */
 export interface DropoutSpec extends LayerBase {
+  /** Selects the layer. */
   type: 'dropout';
   /** Probability of zeroing each value, in [0, 1). */
   rate: number;
@@ -63,16 +67,17 @@ export interface DropoutSpec extends LayerBase {
 /** Any layer spec. */
 export type LayerSpec = EmbeddingSpec | DenseSpec | LstmSpec | DropoutSpec;
 
-type Options<T> = Omit<T, 'type'>;
+/** A layer spec without its `type`: what the {@link layers} builders take. */
+export type LayerOptions<T> = Omit<T, 'type'>;
 
 /** Builders for layer specs, to pass to {@link sequential}. */
 export const layers = {
   /** Token embedding; see {@link EmbeddingSpec}. */
-  embedding: (options: Options<EmbeddingSpec>): EmbeddingSpec => ({ type: 'embedding', ...options }),
+  embedding: (options: LayerOptions<EmbeddingSpec>): EmbeddingSpec => ({ type: 'embedding', ...options }),
   /** Fully connected layer; see {@link DenseSpec}. */
-  dense: (options: Options<DenseSpec>): DenseSpec => ({ type: 'dense', ...options }),
+  dense: (options: LayerOptions<DenseSpec>): DenseSpec => ({ type: 'dense', ...options }),
   /** Stacked LSTM; see {@link LstmSpec}. */
-  lstm: (options: Options<LstmSpec>): LstmSpec => ({ type: 'lstm', ...options }),
+  lstm: (options: LayerOptions<LstmSpec>): LstmSpec => ({ type: 'lstm', ...options }),
   /** Dropout; see {@link DropoutSpec}. */
-  dropout: (options: Options<DropoutSpec>): DropoutSpec => ({ type: 'dropout', ...options }),
+  dropout: (options: LayerOptions<DropoutSpec>): DropoutSpec => ({ type: 'dropout', ...options }),
 };

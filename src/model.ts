@@ -9,11 +9,23 @@ import type { History } from './callbacks.js';
 import { batchRanges } from './batching.js';
 
 /** A loss: `'crossEntropy'` on logits with int32 class ids, or `'mse'` with float targets. */
-export type LossSpec =
-  | 'crossEntropy'
-  | 'mse'
-  | { type: 'crossEntropy'; ignoreIndex?: number; reduction?: 'mean' | 'sum' }
-  | { type: 'mse' };
+export type LossSpec = 'crossEntropy' | 'mse' | CrossEntropyLoss | MseLoss;
+
+/** Cross-entropy on logits with int32 class ids, with options. */
+export interface CrossEntropyLoss {
+  /** Selects the loss. */
+  type: 'crossEntropy';
+  /** Targets equal to this are left out (a padding mask); default -100, as PyTorch. */
+  ignoreIndex?: number;
+  /** `mean` (default) over the counted targets, or their `sum`. */
+  reduction?: 'mean' | 'sum';
+}
+
+/** Mean squared error against float targets. */
+export interface MseLoss {
+  /** Selects the loss. */
+  type: 'mse';
+}
 
 /** Options of {@link Model.compile}. */
 export interface CompileOptions {
@@ -37,8 +49,16 @@ export interface SequentialOptions {
   dtype?: 'float32' | 'float64';
 }
 
+/** The initial state of one LSTM layer stack, as PyTorch lays it out. */
+export interface LstmInitialState {
+  /** Hidden state `[numLayers, batch, hiddenSize]`. */
+  h: Tensor;
+  /** Cell state `[numLayers, batch, hiddenSize]`. */
+  c: Tensor;
+}
+
 /** Initial states for recurrent layers, keyed by layer name (or index as a string). */
-export type InitialStates = Record<string, { h: Tensor; c: Tensor }>;
+export type InitialStates = Record<string, LstmInitialState>;
 
 /** Options of {@link Model.trainStep}. */
 export interface StepOptions {
@@ -62,8 +82,11 @@ export interface StepResult {
 
 /** The spec a model was built from. */
 export interface ModelConfig {
+  /** The layer specs, as given. */
   layers: LayerSpec[];
+  /** The seed the weights were drawn with. */
   seed: number;
+  /** The parameters' precision. */
   dtype: 'float32' | 'float64';
 }
 
@@ -185,6 +208,7 @@ export class Model {
     return native(() => this.#check('linearStart').getLinearStart());
   }
 
+  /** Turns linear start on or off from the next call on. */
   set linearStart(on: boolean) {
     const m = this.#check('linearStart');
     native(() => m.setLinearStart(on));
@@ -280,6 +304,7 @@ export class Model {
     return native(() => this.#check('learningRate').getLearningRate()) ?? undefined;
   }
 
+  /** Sets the learning rate of the compiled optimizer from the next step on. */
   set learningRate(lr: number) {
     const m = this.#check('learningRate');
     native(() => m.setLearningRate(lr));

@@ -39,11 +39,20 @@ export interface AdamOptions extends ClipOptions {
   weightDecay?: number;
 }
 
+/** SGD as a spec. */
+export interface SgdSpec extends SgdOptions {
+  /** Selects the optimizer. */
+  type: 'sgd';
+}
+
+/** Adam or AdamW as a spec. */
+export interface AdamSpec extends AdamOptions {
+  /** Selects the optimizer: `adam` (L2 penalty) or `adamw` (decoupled weight decay). */
+  type: 'adam' | 'adamw';
+}
+
 /** An optimizer spec, as made by {@link optimizers}. */
-export type OptimizerSpec =
-  | ({ type: 'sgd' } & SgdOptions)
-  | ({ type: 'adam' } & AdamOptions)
-  | ({ type: 'adamw' } & AdamOptions);
+export type OptimizerSpec = SgdSpec | AdamSpec;
 
 /** Builders for optimizer specs, to pass to `model.compile`. */
 export const optimizers = {

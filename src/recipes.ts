@@ -6,7 +6,7 @@ import * as babi from './datasets/babi.js';
 import type { BabiExample, BabiTensors, BabiVocab } from './datasets/babi.js';
 import { memoryNetwork, type Model } from './model.js';
 import { optimizers } from './optimizers.js';
-import type { Tensor } from './tensor.js';
+import { sliceRows, type Tensor } from './tensor.js';
 
 /** Options of {@link babiRecipe}; the defaults are the paper's per-task settings (Sukhbaatar et al. 2015). */
 export interface BabiRecipeOptions {
@@ -74,10 +74,7 @@ export function classificationError(logits: Tensor, answers: Tensor): number {
 }
 
 function rows(t: BabiTensors, s: number, e: number) {
-  const cut = (x: Tensor): Tensor => {
-    const r = x.shape.slice(1).reduce((a, b) => a * b, 1);
-    return { data: x.data.subarray(s * r, e * r), shape: [e - s, ...x.shape.slice(1)] };
-  };
+  const cut = (x: Tensor) => sliceRows(x, s, e);
   return { x: { stories: cut(t.stories), queries: cut(t.queries) }, y: cut(t.answers) };
 }
 

@@ -9,7 +9,9 @@ export type DType = 'float32' | 'int32' | 'float64';
  * wherever a tensor is expected.
  */
 export interface Tensor {
+  /** The values, row-major. */
   readonly data: TensorData;
+  /** The size of each axis, batch first; their product is `data.length`. */
   readonly shape: readonly number[];
 }
 
