@@ -39,15 +39,15 @@ const vitest = run('npx', ['vitest', 'run', '--reporter=default', '--reporter=js
 if (existsSync(out)) {
   const r = JSON.parse(readFileSync(out, 'utf8'));
   passed += r.numPassedTests;
-  failed += r.numFailedTests + (r.numFailedTestSuites ?? 0) - countSuitesWithFailedTests(r);
+  failed += r.numFailedTests + suitesThatRanNoTest(r);
 } else {
   failed++;
 }
 if (vitest.status !== 0 && failed === 0) failed++;
 
-/** Suites that failed only because a test in them failed are already counted through their tests. */
-function countSuitesWithFailedTests(r) {
-  return (r.testResults ?? []).filter((s) => s.status === 'failed' && s.assertionResults.some((a) => a.status === 'failed')).length;
+/** A suite that failed without running any test (it did not load) counts as one failure. */
+function suitesThatRanNoTest(r) {
+  return (r.testResults ?? []).filter((s) => s.status !== 'passed' && (s.assertionResults ?? []).length === 0).length;
 }
 
 console.log(`\n${passed} passed, ${failed} failed`);

@@ -28,6 +28,7 @@ const STEP: &str = "engram.optimizer.step";
 const LR: &str = "engram.optimizer.learningRate";
 const RNG: &str = "engram.rng";
 const OPT_PREFIX: &str = "__optimizer__/";
+const LINEAR_START: &str = "engram.linearStart";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io { path: path.to_path_buf(), source }
@@ -63,6 +64,14 @@ pub trait Checkpointed: Sized {
     fn build(config: Self::Config, device: &Device) -> Result<Self>;
     fn trainer(&self) -> &Trainer;
     fn trainer_mut(&mut self) -> &mut Trainer;
+    /// Model state outside the trainer that a resumed run needs, as metadata entries.
+    fn state(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// Restores what [`Checkpointed::state`] stored.
+    fn restore_state(&mut self, _meta: &HashMap<String, String>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The kind a checkpoint holds (`sequential`, `memoryNetwork`, ...), read from its header only.
@@ -94,6 +103,9 @@ pub fn save<M: Checkpointed>(model: &M, path: impl AsRef<Path>) -> Result<()> {
     meta.insert(FORMAT.to_string(), "1".to_string());
     meta.insert(KIND.to_string(), M::KIND.to_string());
     meta.insert(MODEL.to_string(), json(model.config())?);
+    for (k, v) in model.state() {
+        meta.insert(k.to_string(), v);
+    }
     let s = t.rng_state();
     meta.insert(RNG.to_string(), format!("{},{},{},{}", s[0], s[1], s[2], s[3]));
     let mut tensors: Vec<(String, Tensor)> =
@@ -134,6 +146,7 @@ pub fn load<M: Checkpointed>(path: impl AsRef<Path>, device: &Device) -> Result<
         None => return Err(no_spec(path)),
     };
     let mut model = M::build(config, device)?;
+    model.restore_state(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     let t = model.trainer_mut();
     let weights = host_weights(&tensors, |n| !n.starts_with(OPT_PREFIX))?;
     t.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))?;
@@ -287,5 +300,18 @@ impl Checkpointed for MemoryNetwork {
 
     fn trainer_mut(&mut self) -> &mut Trainer {
         MemoryNetwork::trainer_mut(self)
+    }
+
+    fn state(&self) -> Vec<(&'static str, String)> {
+        vec![(LINEAR_START, self.is_linear().to_string())]
+    }
+
+    fn restore_state(&mut self, meta: &HashMap<String, String>) -> Result<()> {
+        match meta.get(LINEAR_START).map(String::as_str) {
+            None | Some("false") => self.set_linear(false),
+            Some("true") => self.set_linear(true),
+            Some(other) => return Err(Error::State(format!("invalid {LINEAR_START} {other:?}"))),
+        }
+        Ok(())
     }
 }

@@ -205,8 +205,11 @@ fn checkpoints_round_trip_and_resume_exactly() {
     for (s, q, a) in &batches[..2] {
         first.train_step(s, q, a).unwrap();
     }
+    first.set_linear(true);
     engram_core::checkpoint::save(&first, &path).unwrap();
     let mut resumed: MemoryNetwork = engram_core::checkpoint::load(&path, &engram_core::Device::Cpu).unwrap();
+    assert!(resumed.is_linear(), "linear start must survive a checkpoint");
+    resumed.set_linear(false);
     for (s, q, a) in &batches[2..] {
         resumed.train_step(s, q, a).unwrap();
     }
