@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { babiRecipe, classificationError, datasets, load, memoryNetwork, optimizers, tensor } from '../src/index.js';
+import { babiJointRecipe, babiRecipe, classificationError, datasets, load, memoryNetwork, optimizers, tensor } from '../src/index.js';
 import { join } from 'node:path';
 import { tempDir } from './helpers.js';
 
 const { babi } = datasets;
 
-function tiny() {
-  const m = memoryNetwork({ vocabSize: 8, sentenceLen: 3, memorySize: 4, embedDim: 6, seed: 3 });
+function tiny(attendEmpty = true) {
+  const m = memoryNetwork({ vocabSize: 8, sentenceLen: 3, memorySize: 4, embedDim: 6, seed: 3, attendEmpty });
   m.compile({ optimizer: optimizers.sgd({ learningRate: 0.01 }), loss: { type: 'crossEntropy', reduction: 'sum' } });
   return m;
 }
@@ -23,13 +23,20 @@ describe('memoryNetwork', () => {
     expect(logits.shape).toEqual([2, 8]);
     const att = await m.attention({ stories, queries });
     expect(att.shape).toEqual([3, 2, 4]);
+    // Without attendEmpty each hop's weights over the real sentences sum to 1; with it (the default) the empty
+    // slots take a share, so the sums fall short of 1; padding slots show 0 either way.
+    const strict = await tiny(false).attention({ stories, queries });
     for (let hop = 0; hop < 3; hop++) {
-      const row0 = Array.from(att.data.subarray((hop * 2) * 4, (hop * 2) * 4 + 4));
-      const row1 = Array.from(att.data.subarray((hop * 2 + 1) * 4, (hop * 2 + 1) * 4 + 4));
-      expect(row0[0]! + row0[1]!).toBeCloseTo(1, 5);
-      expect(row0.slice(2)).toEqual([0, 0]);
-      expect(row1[0]! + row1[1]! + row1[2]!).toBeCloseTo(1, 5);
-      expect(row1[3]).toBe(0);
+      for (const [a, sumsToOne] of [[strict, true], [att, false]] as const) {
+        const row0 = Array.from(a.data.subarray((hop * 2) * 4, (hop * 2) * 4 + 4));
+        const row1 = Array.from(a.data.subarray((hop * 2 + 1) * 4, (hop * 2 + 1) * 4 + 4));
+        expect(row0.slice(2)).toEqual([0, 0]);
+        expect(row1[3]).toBe(0);
+        for (const sum of [row0[0]! + row0[1]!, row1[0]! + row1[1]! + row1[2]!]) {
+          if (sumsToOne) expect(sum).toBeCloseTo(1, 5);
+          else expect(sum > 0.05 && sum < 0.999).toBe(true);
+        }
+      }
     }
     expect(Object.keys(m.getWeights())).toEqual(['A.1', 'C.1', 'C.2', 'C.3', 'T_A.1', 'T_C.1', 'T_C.2', 'T_C.3']);
   });
@@ -80,5 +87,30 @@ describe('memoryNetwork', () => {
     const again = classificationError(await r.model.predict({ stories: r.test.stories, queries: r.test.queries }), r.test.answers);
     expect(again).toBe(r.testError);
     r.model.dispose();
+  });
+});
+
+describe('babiJointRecipe', () => {
+  it('trains one model on several tasks and reports each task its own test error', async () => {
+    const sets = [];
+    for (const t of [1, 20]) sets.push({ train: await babi.loadTask(t, { split: 'train' }), test: await babi.loadTask(t, { split: 'test' }) });
+    const r = await babiJointRecipe(sets, { embedDim: 20, linearStartEpochs: 5, epochs: 15 });
+    expect(r.testErrors).toHaveLength(2);
+    expect(r.tests.map((t) => t.answers.shape[0])).toEqual([1000, 1000]);
+    // Each task's error is the model's own on that task's test set.
+    for (let i = 0; i < 2; i++) {
+      const t = r.tests[i]!;
+      expect(classificationError(await r.model.predict({ stories: t.stories, queries: t.queries }), t.answers)).toBe(r.testErrors[i]);
+    }
+    // One vocabulary over both tasks, and the model learned both (chance is below 1 in 6 on either).
+    expect(r.vocab.has('kitchen') && r.vocab.has('hungry')).toBe(true);
+    for (const e of r.testErrors) expect(e).toBeLessThan(0.2);
+    r.model.dispose();
+  });
+
+  it('rejects an empty task list and bad epoch counts', async () => {
+    await expect(babiJointRecipe([])).rejects.toThrow(RangeError);
+    const t = babi.parseBabi('1 Mary went to the kitchen.\n2 Where is Mary?\tkitchen\t1\n');
+    await expect(babiRecipe(t, t, { epochs: 1.5 })).rejects.toThrow(/epochs must be a non-negative integer/);
   });
 });

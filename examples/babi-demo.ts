@@ -44,6 +44,13 @@ for (let i = 0; i < shown; i++) {
     const mark = ex.supporting.includes(ex.story.length - kept + j) ? '*' : ' ';
     console.log(`${mark} ${words.join(' ').padEnd(40).slice(0, 40)} ${w.join('  ')}`);
   });
+  // Empty memory slots share the softmax too (attendEmpty): whatever weight no sentence got went to them.
+  const rest = Array.from({ length: hops }, (_, h) => {
+    let sum = 0;
+    for (let j = 0; j < kept; j++) sum += att.data[(h * shown + i) * m + j]!;
+    return Math.max(0, 1 - sum).toFixed(2).padStart(5);
+  });
+  console.log(`  ${'(empty memory)'.padEnd(40)} ${rest.join('  ')}`);
   const v = r.vocab.size;
   let best = 0;
   for (let k = 1; k < v; k++) if (logits.data[i * v + k]! > logits.data[i * v + best]!) best = k;

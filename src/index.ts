@@ -42,5 +42,5 @@ export type { Callbacks, History, Logs } from './callbacks.js';
 export { dtypeOf, tensor } from './tensor.js';
 export type { DType, Tensor, TensorData } from './tensor.js';
 export * as datasets from './datasets/index.js';
-export { babiRecipe, classificationError } from './recipes.js';
-export type { BabiRecipeOptions, BabiRecipeResult } from './recipes.js';
+export { babiJointRecipe, babiRecipe, classificationError } from './recipes.js';
+export type { BabiJointResult, BabiRecipeOptions, BabiRecipeResult } from './recipes.js';

@@ -417,12 +417,27 @@ export interface MemoryNetworkOptions {
   memorySize?: number;
   /** `adjacent` (A^{k+1} = C^k, B = A^1, W = C^K; the default) or `layerwise` (shared A, C and a map H). */
   weightTying?: 'adjacent' | 'layerwise';
-  /** Position encoding of word order within a sentence (default true); false gives bag of words. */
+  /**
+   * Position encoding of word order within a sentence (default true); false gives bag of words. The weights are
+   * those of the authors' released code, `1 + 4 (k - (d+1)/2) (j - (J+1)/2) / (d J)` for word j (1-based, padding
+   * skipped) of a sentence padded to J = `sentenceLen` words and dimension k of d; they train far better on bAbI
+   * than the form printed in the paper.
+   */
   positionEncoding?: boolean;
   /** Temporal encoding T_A, T_C of each sentence's recency (default true). */
   temporalEncoding?: boolean;
-  /** Fraction of empty memories inserted into training stories (the paper's RN: 0.1; default 0). */
+  /**
+   * Random noise (the paper's RN uses 0.1; default 0): in training, an empty memory is inserted after each story
+   * sentence with this probability. Empty memories hold nothing, so what changes is the temporal index of the
+   * sentences before them, which keeps T_A and T_C from fitting exact positions.
+   */
   randomNoise?: number;
+  /**
+   * Empty memory slots (up to `memorySize`) take part in each hop's softmax with a score of 0, as in the authors'
+   * released code (default true): a hop can then put weight on nothing, which yes/no questions need. The
+   * attention weights over the sentences then sum to less than 1.
+   */
+  attendEmpty?: boolean;
   /** Seeds the initial weights (N(0, 0.1^2)) and the random noise. Default: random. */
   seed?: number;
   /** `float32` (default) or `float64`. */

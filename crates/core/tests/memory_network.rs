@@ -97,7 +97,7 @@ fn layerwise_tying_gradients_match_finite_differences() {
 
 #[test]
 fn bag_of_words_without_temporal_encoding_gradients_match_finite_differences() {
-    check_gradients(json!({ "positionEncoding": false, "temporalEncoding": false }), false);
+    check_gradients(json!({ "positionEncoding": false, "temporalEncoding": false, "attendEmpty": false }), false);
 }
 
 #[test]
@@ -109,7 +109,8 @@ fn parameters_are_named_after_the_paper() {
 
 #[test]
 fn attention_is_a_distribution_over_the_real_sentences_in_every_hop() {
-    let m = net(json!({}), "float32");
+    // Without attendEmpty every hop's weights over the real sentences sum to 1 and padding gets none.
+    let m = net(json!({ "attendEmpty": false }), "float32");
     let mut rng = Rng::new(1);
     let (st, q, _) = data(&mut rng, &[2, 5]);
     let att = m.attention(&st, &q).unwrap();
@@ -120,6 +121,40 @@ fn attention_is_a_distribution_over_the_real_sentences_in_every_hop() {
             let row = &w[(hop * 2 + bi) * M..(hop * 2 + bi + 1) * M];
             assert!((row[..k].iter().sum::<f32>() - 1.0).abs() < 1e-5, "hop {hop} example {bi}: {row:?}");
             assert!(row[k..].iter().all(|&x| x == 0.0), "padding slots got weight: {row:?}");
+        }
+    }
+}
+
+#[test]
+fn empty_slots_take_a_share_of_the_softmax_at_score_zero() {
+    // With attendEmpty (the default) the M - k empty slots each weigh exp(0) in the softmax, so with the real
+    // slots' weights p_i = exp(s_i) / Z, Z = sum exp(s_i) + (M - k): 1 - sum p = (M - k) / Z. A full memory
+    // has no empty slot and sums to 1.
+    let with = net(json!({}), "float64");
+    let without = net(json!({ "attendEmpty": false }), "float64");
+    let mut rng = Rng::new(1);
+    let (st, q, _) = data(&mut rng, &[2, 5, M]);
+    let first_hop = |m: &MemoryNetwork| -> Vec<f64> {
+        let att = m.attention(&st, &q).unwrap();
+        let engram_core::HostData::F64(w) = att.data else { panic!("f64 attention") };
+        w[..3 * M].to_vec()
+    };
+    let (a, b) = (first_hop(&with), first_hop(&without));
+    for (bi, k) in [(0, 2), (1, 5), (2, M)] {
+        let (ra, rb) = (&a[bi * M..(bi + 1) * M], &b[bi * M..(bi + 1) * M]);
+        // The same scores feed both: the ratios between real slots agree.
+        for i in 1..k {
+            assert!((ra[i] / ra[0] - rb[i] / rb[0]).abs() < 1e-9, "example {bi}: {ra:?} vs {rb:?}");
+        }
+        // exp(s_0) = rb[0] * Zb, and Za = Zb + (M - k), so ra[0] = rb[0] * Zb / (Zb + M - k). Solve for Zb and
+        // check 1 - sum(ra) = (M - k) / Za.
+        let zb = (M - k) as f64 * ra[0] / (rb[0] - ra[0]).max(1e-300);
+        let rest = 1.0 - ra[..k].iter().sum::<f64>();
+        if k == M {
+            assert!(rest.abs() < 1e-12 && (ra[0] - rb[0]).abs() < 1e-12, "a full memory sums to 1: {ra:?}");
+        } else {
+            assert!((rest - (M - k) as f64 / (zb + (M - k) as f64)).abs() < 1e-9, "example {bi}: {ra:?}");
+            assert!(rest > 0.0 && ra[k..].iter().all(|&x| x == 0.0), "example {bi}: {ra:?}");
         }
     }
 }
