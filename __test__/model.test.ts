@@ -92,6 +92,34 @@ describe('sequential model', () => {
     model.dispose();
   });
 
+  it('builds GRU and RNN layers, bidirectional ones with PyTorch names and D * hiddenSize features', async () => {
+    const gru = sequential([layers.gru({ inputSize: 3, hiddenSize: 4, bidirectional: true, returnSequences: true }), layers.dense({ units: 2 })], { seed: 3 });
+    expect(Object.keys(gru.getWeights())).toEqual([
+      '0.weight_ih_l0', '0.weight_hh_l0', '0.bias_ih_l0', '0.bias_hh_l0',
+      '0.weight_ih_l0_reverse', '0.weight_hh_l0_reverse', '0.bias_ih_l0_reverse', '0.bias_hh_l0_reverse',
+      '1.weight', '1.bias',
+    ]);
+    expect(gru.getWeights()['0.weight_ih_l0']!.shape).toEqual([12, 3]);
+    expect(gru.getWeights()['1.weight']!.shape).toEqual([2, 8]);
+    const x = tensor(new Float32Array(2 * 5 * 3).map((_, i) => Math.sin(i)), [2, 5, 3]);
+    expect((await gru.predict(x)).shape).toEqual([2, 5, 2]);
+    // A GRU's initial state is h only: [numLayers * 2, batch, hidden] when bidirectional.
+    const h = tensor(new Float32Array(2 * 2 * 4).fill(0.5), [2, 2, 4]);
+    const moved = await gru.predict(x, { initialState: { '0': { h } } });
+    expect(Math.abs(moved.data[0]! - (await gru.predict(x)).data[0]!)).toBeGreaterThan(1e-5);
+    await expect(gru.predict(x, { initialState: { '0': { h, c: h } } })).rejects.toThrow(/h only/);
+    gru.dispose();
+
+    const rnn = sequential([layers.rnn({ inputSize: 3, hiddenSize: 6, nonlinearity: 'relu', numLayers: 2 }), layers.dense({ units: 1 })], { seed: 4 });
+    rnn.compile({ optimizer: optimizers.adam({ learningRate: 0.01 }), loss: 'mse' });
+    const y = tensor(new Float32Array([0.5, -0.5]), [2, 1]);
+    const first = await rnn.trainStep(x, y);
+    let last = first;
+    for (let i = 0; i < 30; i++) last = await rnn.trainStep(x, y);
+    expect(last.loss).toBeLessThan(first.loss / 2);
+    rnn.dispose();
+  });
+
   it('round-trips weights through getWeights and setWeights', async () => {
     const a = charModel(1);
     const b = charModel(2);

@@ -14,6 +14,10 @@ It writes, in float32 as PyTorch computes by default:
   `adamw.<name>`, `clip.<name>` for SGD after clip_grad_norm_, with the norm before clipping in `clip.grad_norm`).
 - crates/core/tests/fixtures/lstm_mse_parity.safetensors: LSTM(4, 6) on float input, last step -> Linear(6, 3),
   mean squared error; inputs, weights, output, loss and gradients.
+- crates/core/tests/fixtures/recurrent_<case>.safetensors, one per case of RECURRENT_CASES: an LSTM, GRU or RNN
+  (tanh or relu; stacked and/or bidirectional) on float input -> Linear(D*H, 3), MSE over every step or on the
+  final states (h_n of the last layer, forward then backward, as engram's returnSequences: false); inputs,
+  weights, output, loss, gradients, and the weights after one Adam step (`adam1.<name>`).
 
 The settings below are repeated in parity.rs; change both together.
 """
@@ -139,6 +143,62 @@ def lstm_mse_parity():
     return t
 
 
+# name: (cell, hidden, layers, bidirectional, nonlinearity, every step)
+RECURRENT_CASES = {
+    "lstm_bi2": ("lstm", 5, 2, True, None, True),
+    "gru_bi2": ("gru", 5, 2, True, None, True),
+    "gru_last": ("gru", 6, 1, False, None, False),
+    "gru_bi_last": ("gru", 4, 1, True, None, False),
+    "rnn_tanh_bi": ("rnn", 5, 1, True, "tanh", True),
+    "rnn_relu2_last": ("rnn", 6, 2, False, "relu", False),
+}
+
+
+class RecurrentRegressor(nn.Module):
+    """recurrent -> linear, as the engram Sequential [lstm|gru|rnn, dense]."""
+
+    def __init__(self, cell, inp, hidden, layers, bidirectional, nonlinearity, every_step):
+        super().__init__()
+        kw = {"num_layers": layers, "bidirectional": bidirectional, "batch_first": True}
+        if cell == "rnn":
+            self.rnn = nn.RNN(inp, hidden, nonlinearity=nonlinearity, **kw)
+        else:
+            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](inp, hidden, **kw)
+        self.out = nn.Linear(hidden * (2 if bidirectional else 1), 3)
+        self.every_step = every_step
+        self.bidirectional = bidirectional
+        self.engram_names = [("0", self.rnn), ("1", self.out)]
+
+    def forward(self, x):
+        seq, state = self.rnn(x)
+        if self.every_step:
+            return self.out(seq)
+        h_n = state[0] if isinstance(state, tuple) else state  # [layers * D, batch, hidden]
+        last = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.bidirectional else h_n[-1]
+        return self.out(last)
+
+
+def recurrent_parity(seed, cell, hidden, layers, bidirectional, nonlinearity, every_step):
+    torch.manual_seed(seed)
+    model = RecurrentRegressor(cell, 4, hidden, layers, bidirectional, nonlinearity, every_step)
+    x = torch.randn(3, 6, 4)
+    y = torch.randn(3, 6, 3) if every_step else torch.randn(3, 3)
+
+    def loss_fn(m):
+        return nn.functional.mse_loss(m(x), y)
+
+    out = model(x)
+    loss = nn.functional.mse_loss(out, y)
+    loss.backward()
+    t = {"input": x, "target": y, "output": out.detach(), "loss": loss.detach().reshape(1)}
+    t.update(snapshot(model))
+    t.update({f"grad.{n}": p.grad.detach().clone() for n, p in named_params(model)})
+    model.zero_grad()
+    stepped, _ = run_steps(model, lambda ps: torch.optim.Adam(ps, lr=0.01, foreach=False), loss_fn, 1)
+    t.update(snapshot(stepped, "adam1"))
+    return t
+
+
 def save(name, tensors):
     # One metadata entry: safetensors writes several in hash order, which would change the bytes on every run.
     meta = {"generator": f"scripts/make-fixtures.py, torch {torch.__version__}"}
@@ -152,3 +212,5 @@ if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     save("lstm_parity.safetensors", lstm_parity())
     save("lstm_mse_parity.safetensors", lstm_mse_parity())
+    for i, (name, case) in enumerate(RECURRENT_CASES.items()):
+        save(f"recurrent_{name}.safetensors", recurrent_parity(10 + i, *case))

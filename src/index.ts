@@ -16,8 +16,11 @@ export type {
   EmbeddingSpec,
   LayerBase,
   LayerOptions,
+  GruSpec,
   LayerSpec,
   LstmSpec,
+  RecurrentBase,
+  RnnSpec,
 } from './layers.js';
 export { optimizers } from './optimizers.js';
 export type { AdamOptions, AdamSpec, ClipOptions, OptimizerSpec, SgdOptions, SgdSpec } from './optimizers.js';
@@ -29,6 +32,7 @@ export type {
   InitialStates,
   LstmInitialState,
   LossSpec,
+  RecurrentInitialState,
   MemoryNetworkOptions,
   ModelConfig,
   MseLoss,

@@ -37,23 +37,53 @@ export interface DenseSpec extends LayerBase {
   activation?: Activation;
 }
 
+/** Options the recurrent layers share (`lstm`, `gru`, `rnn`). */
+export interface RecurrentBase extends LayerBase {
+  /** Size of the hidden (and, for an LSTM, cell) state. */
+  hiddenSize: number;
+  /** Stacked layers (default 1). */
+  numLayers?: number;
+  /**
+   * Return every step `[batch, seqLen, D * hiddenSize]` (true) or only the final states `[batch, D * hiddenSize]`
+   * (default), D = 2 when bidirectional. The final states of a bidirectional layer are the forward direction's
+   * last step and the backward direction's first (PyTorch's `h_n`), not the output's last step.
+   */
+  returnSequences?: boolean;
+  /** Dropout on the outputs of every stacked layer but the last, in training (default 0). */
+  dropout?: number;
+  /**
+   * Run a second stack over the reversed sequence and concatenate its features after the forward ones (default
+   * false); its parameters carry PyTorch's `_reverse` suffix (`weight_ih_l0_reverse`, ...).
+   */
+  bidirectional?: boolean;
+  /** Input features; only for a first layer (otherwise inferred). */
+  inputSize?: number;
+}
+
 /**
  * Stacked LSTM, batch-first, as `nn.LSTM(batch_first=True)`: parameters `weight_ih_l{k}`, `weight_hh_l{k}`,
  * `bias_ih_l{k}`, `bias_hh_l{k}`, gate order i, f, g, o. Input `[batch, seqLen, features]`.
  */
-export interface LstmSpec extends LayerBase {
+export interface LstmSpec extends RecurrentBase {
   /** Selects the layer. */
   type: 'lstm';
-  /** Size of the hidden and cell state. */
-  hiddenSize: number;
-  /** Stacked layers (default 1). */
-  numLayers?: number;
-  /** Return every step `[batch, seqLen, hiddenSize]` (true) or only the last `[batch, hiddenSize]` (default). */
-  returnSequences?: boolean;
-  /** Dropout on the outputs of every stacked layer but the last, in training (default 0). */
-  dropout?: number;
-  /** Input features; only for a first layer (otherwise inferred). */
-  inputSize?: number;
+}
+
+/**
+ * Stacked GRU, batch-first, as `nn.GRU(batch_first=True)`: the same parameter names as the LSTM, gate order
+ * r, z, n, with `b_hn` inside the reset gate's product: `n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))`.
+ */
+export interface GruSpec extends RecurrentBase {
+  /** Selects the layer. */
+  type: 'gru';
+}
+
+/** Stacked Elman RNN, batch-first, as `nn.RNN(batch_first=True)`: `h = act(x W_ih^T + b_ih + h W_hh^T + b_hh)`. */
+export interface RnnSpec extends RecurrentBase {
+  /** Selects the layer. */
+  type: 'rnn';
+  /** The activation, `'tanh'` (default) or `'relu'`. */
+  nonlinearity?: 'tanh' | 'relu';
 }
 
 /** Inverted dropout: zeroes values with probability `rate` in training, identity otherwise. */
@@ -65,7 +95,7 @@ export interface DropoutSpec extends LayerBase {
 }
 
 /** Any layer spec. */
-export type LayerSpec = EmbeddingSpec | DenseSpec | LstmSpec | DropoutSpec;
+export type LayerSpec = EmbeddingSpec | DenseSpec | LstmSpec | GruSpec | RnnSpec | DropoutSpec;
 
 /** A layer spec without its `type`: what the {@link layers} builders take. */
 export type LayerOptions<T> = Omit<T, 'type'>;
@@ -78,6 +108,10 @@ export const layers = {
   dense: (options: LayerOptions<DenseSpec>): DenseSpec => ({ type: 'dense', ...options }),
   /** Stacked LSTM; see {@link LstmSpec}. */
   lstm: (options: LayerOptions<LstmSpec>): LstmSpec => ({ type: 'lstm', ...options }),
+  /** Stacked GRU; see {@link GruSpec}. */
+  gru: (options: LayerOptions<GruSpec>): GruSpec => ({ type: 'gru', ...options }),
+  /** Stacked Elman RNN (tanh or relu); see {@link RnnSpec}. */
+  rnn: (options: LayerOptions<RnnSpec>): RnnSpec => ({ type: 'rnn', ...options }),
   /** Dropout; see {@link DropoutSpec}. */
   dropout: (options: LayerOptions<DropoutSpec>): DropoutSpec => ({ type: 'dropout', ...options }),
 };

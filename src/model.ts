@@ -49,20 +49,26 @@ export interface SequentialOptions {
   dtype?: 'float32' | 'float64';
 }
 
-/** The initial state of one LSTM layer stack, as PyTorch lays it out. */
-export interface LstmInitialState {
-  /** Hidden state `[numLayers, batch, hiddenSize]`. */
+/**
+ * The initial state of one recurrent layer stack, as PyTorch lays it out: `[numLayers * D, batch, hiddenSize]`,
+ * D = 2 for a bidirectional layer (layer-major, forward direction first).
+ */
+export interface RecurrentInitialState {
+  /** Hidden state. */
   h: Tensor;
-  /** Cell state `[numLayers, batch, hiddenSize]`. */
-  c: Tensor;
+  /** Cell state: an LSTM's only, and required there. */
+  c?: Tensor;
 }
 
+/** The initial state of an LSTM layer stack (see {@link RecurrentInitialState}). */
+export type LstmInitialState = RecurrentInitialState;
+
 /** Initial states for recurrent layers, keyed by layer name (or index as a string). */
-export type InitialStates = Record<string, LstmInitialState>;
+export type InitialStates = Record<string, RecurrentInitialState>;
 
 /** Options of {@link Model.trainStep}. */
 export interface StepOptions {
-  /** Initial `h`/`c` (`[numLayers, batch, hiddenSize]`) per recurrent layer; zeros otherwise. */
+  /** Initial `h` (and an LSTM's `c`) per recurrent layer, `[numLayers * D, batch, hiddenSize]`; zeros otherwise. */
   initialState?: InitialStates;
 }
 
@@ -102,7 +108,7 @@ function statesToNative(states: InitialStates | undefined): JsState[] | undefine
   return Object.entries(states).map(([layer, s]) => ({
     layer,
     h: toNative(checkTensor(`initialState.${layer}.h`, s?.h)),
-    c: toNative(checkTensor(`initialState.${layer}.c`, s?.c)),
+    c: s?.c === undefined ? undefined : toNative(checkTensor(`initialState.${layer}.c`, s.c)),
   }));
 }
 
@@ -336,7 +342,8 @@ function sliceStates(states: InitialStates | undefined, s: number, e: number): I
   if (states === undefined) return undefined;
   const out: InitialStates = {};
   for (const [k, v] of Object.entries(states)) {
-    out[k] = { h: sliceAxis1(checkTensor(`initialState.${k}.h`, v?.h), s, e), c: sliceAxis1(checkTensor(`initialState.${k}.c`, v?.c), s, e) };
+    const h = sliceAxis1(checkTensor(`initialState.${k}.h`, v?.h), s, e);
+    out[k] = v?.c === undefined ? { h } : { h, c: sliceAxis1(checkTensor(`initialState.${k}.c`, v.c), s, e) };
   }
   return out;
 }

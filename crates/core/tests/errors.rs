@@ -129,12 +129,41 @@ fn bad_initial_states_are_errors() {
     let state = |layer: &str, shape: &[usize]| InitialState {
         layer: layer.into(),
         h: floats(vec![0.0; shape.iter().product()], shape),
-        c: floats(vec![0.0; shape.iter().product()], shape),
+        c: Some(floats(vec![0.0; shape.iter().product()], shape)),
     };
     assert!(r.predict(&x, &[state("0", &[1, 1, 4])]).is_ok());
+    let no_c = InitialState { c: None, ..state("0", &[1, 1, 4]) };
+    assert_err(r.predict(&x, &[no_c]), ErrorKind::Type, "both h and c");
     assert_err(r.predict(&x, &[state("0", &[1, 2, 4])]), ErrorKind::Range, "h0");
     assert_err(r.predict(&x, &[state("7", &[1, 1, 4])]), ErrorKind::Range, "no layer");
     assert_err(r.predict(&x, &[state("1", &[1, 1, 4])]), ErrorKind::Type, "recurrent");
+}
+
+#[test]
+fn bad_recurrent_specs_and_states_are_errors() {
+    let rnn = |extra: serde_json::Value| {
+        let mut l = json!({ "type": "gru", "inputSize": 2, "hiddenSize": 3 });
+        for (k, v) in extra.as_object().unwrap() {
+            l[k] = v.clone();
+        }
+        engram_core::Sequential::new(serde_json::from_value(json!({ "layers": [l] })).unwrap())
+    };
+    assert_err(rnn(json!({ "nonlinearity": "relu" })).map(|_| ()), ErrorKind::Type, "rnn layers only");
+    assert_err(rnn(json!({ "hiddenSize": 0 })).map(|_| ()), ErrorKind::Range, "hiddenSize");
+    let bad: std::result::Result<SequentialConfig, _> =
+        serde_json::from_value(json!({ "layers": [{ "type": "rnn", "hiddenSize": 3, "nonlinearity": "sigmoid" }] }));
+    assert!(bad.unwrap_err().to_string().contains("unknown variant `sigmoid`"));
+    // A GRU state is h only, [numLayers * 2, batch, hidden] when bidirectional.
+    let m = rnn(json!({ "bidirectional": true })).unwrap();
+    let x = floats(vec![0.0; 6], &[1, 3, 2]);
+    let h = |n: usize| floats(vec![0.0; n * 3], &[n, 1, 3]);
+    assert!(m.predict(&x, &[InitialState { layer: "0".into(), h: h(2), c: None }]).is_ok());
+    assert_err(
+        m.predict(&x, &[InitialState { layer: "0".into(), h: h(1), c: None }]),
+        ErrorKind::Range,
+        "numLayers * 2",
+    );
+    assert_err(m.predict(&x, &[InitialState { layer: "0".into(), h: h(2), c: Some(h(2)) }]), ErrorKind::Type, "h only");
 }
 
 #[test]

@@ -179,7 +179,7 @@ fn check_lstm(layers: usize, return_sequences: bool, with_state: bool) {
         vec![InitialState {
             layer: "0".into(),
             h: floats(&mut r, &[layers, batch, 5], -0.5, 0.5),
-            c: floats(&mut r, &[layers, batch, 5], -0.5, 0.5),
+            c: Some(floats(&mut r, &[layers, batch, 5], -0.5, 0.5)),
         }]
     } else {
         vec![]
@@ -299,6 +299,52 @@ fn dropout_acts_in_training_only() {
     }
 }
 
+/// A recurrent layer of `kind` (inputSize 3, hidden 4) with `extra` options -> dense(2) on x `[2, 5, 3]`, MSE on
+/// every step or the final states; with `with_state`, a random initial state (h, and c for an LSTM).
+fn check_recurrent(kind: &str, extra: Value, with_state: bool) {
+    let mut r = Rng::new(17);
+    let mut layer = json!({ "type": kind, "inputSize": 3, "hiddenSize": 4 });
+    for (k, v) in extra.as_object().unwrap() {
+        layer[k] = v.clone();
+    }
+    let every_step = layer["returnSequences"] == json!(true);
+    let dirs = if layer["bidirectional"] == json!(true) { 2 } else { 1 };
+    let layers = layer["numLayers"].as_u64().unwrap_or(1) as usize;
+    let spec = json!({ "seed": 5, "layers": [layer, { "type": "dense", "units": 2 }] });
+    let (batch, seq_len) = (2, 5);
+    let x = floats(&mut r, &[batch, seq_len, 3], -1.0, 1.0);
+    let y_shape: &[usize] = if every_step { &[batch, seq_len, 2] } else { &[batch, 2] };
+    let y = floats(&mut r, y_shape, -1.0, 1.0);
+    let states = if with_state {
+        let shape = [layers * dirs, batch, 4];
+        let c = (kind == "lstm").then(|| floats(&mut r, &shape, -0.5, 0.5));
+        vec![InitialState { layer: "0".into(), h: floats(&mut r, &shape, -0.5, 0.5), c }]
+    } else {
+        vec![]
+    };
+    check(spec, mse(), &x, &y, &states);
+}
+
+#[test]
+fn gru_stacked_every_step_and_last_state_match_finite_differences() {
+    check_recurrent("gru", json!({ "numLayers": 2, "returnSequences": true }), false);
+    check_recurrent("gru", json!({}), true);
+}
+
+#[test]
+fn rnn_tanh_and_relu_match_finite_differences() {
+    check_recurrent("rnn", json!({ "numLayers": 2, "returnSequences": true }), true);
+    check_recurrent("rnn", json!({ "nonlinearity": "relu" }), false);
+}
+
+#[test]
+fn bidirectional_layers_match_finite_differences() {
+    for kind in ["lstm", "gru", "rnn"] {
+        check_recurrent(kind, json!({ "bidirectional": true, "numLayers": 2, "returnSequences": true }), true);
+        check_recurrent(kind, json!({ "bidirectional": true }), false);
+    }
+}
+
 #[test]
 fn every_parameter_gets_a_nonzero_gradient() {
     let mut r = Rng::new(9);
@@ -324,6 +370,33 @@ fn every_parameter_gets_a_nonzero_gradient() {
             }
         } else {
             assert!(g.iter().any(|&v| v != 0.0), "{name}: the loss does not reach this parameter");
+        }
+    }
+}
+
+#[test]
+fn every_gru_and_rnn_parameter_in_both_directions_gets_a_nonzero_gradient() {
+    for (kind, gates) in [("gru", 3), ("rnn", 1)] {
+        let mut r = Rng::new(4);
+        let spec = json!({ "seed": 4, "layers": [
+            { "type": "embedding", "vocabSize": 10, "dim": 4 },
+            { "type": kind, "hiddenSize": 5, "numLayers": 2, "bidirectional": true, "returnSequences": true },
+            { "type": "dense", "units": 10 },
+        ]});
+        let mut m = f64_model(spec, cross_entropy());
+        let x = HostTensor::i32(ids(&mut r, 3 * 6, 10), &[3, 6]).unwrap();
+        let y = HostTensor::i32(ids(&mut r, 3 * 6, 10), &[3, 6]).unwrap();
+        let (_, grads) = m.gradients(&x, &y, &[]).unwrap();
+        let names: Vec<String> = m.params().iter().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names.len(), 1 + 16 + 2, "{kind}: {names:?}");
+        assert!(names.contains(&"1.weight_hh_l1_reverse".to_string()), "{names:?}");
+        for (name, g) in names.iter().zip(&grads) {
+            let g = tensor_values(g);
+            assert!(g.iter().all(|v| v.is_finite()), "{name}: non-finite gradient");
+            let blocks = if name.starts_with("1.") { gates } else { 1 };
+            for (k, block) in g.chunks(g.len() / blocks).enumerate() {
+                assert!(block.iter().any(|&v| v != 0.0), "{kind} {name}: block {k} gets no gradient");
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The fused LSTM kernel against the generic candle-ops recurrence and against finite differences, in f64.
+//! The fused recurrent kernels (LSTM, GRU, RNN) against the generic candle-ops recurrences and against finite
+//! differences, in f64; the fused weighted bag against gather-multiply-sum.
 
-use engram_core::kernels::lstm::lstm_seq;
-use engram_core::layers::lstm::recurrence_generic;
+use engram_core::kernels::{gru::gru_seq, lstm::lstm_seq, rnn::rnn_seq};
+use engram_core::layers::recurrent::{gru_generic, lstm_generic, rnn_generic};
 use engram_core::{Device, Rng, Tensor};
 
 fn random(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
@@ -14,20 +15,41 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Lstm,
+    Gru,
+    RnnTanh,
+    RnnRelu,
+}
+
+const KINDS: [Kind; 4] = [Kind::Lstm, Kind::Gru, Kind::RnnTanh, Kind::RnnRelu];
+
 struct Case {
+    kind: Kind,
     xp: candle_core::Var,
     w: candle_core::Var,
+    /// The GRU's b_hh (the others fold it into xp).
+    b: candle_core::Var,
     h0: candle_core::Var,
+    /// The LSTM's c0.
     c0: candle_core::Var,
     weights: Tensor,
 }
 
-fn case(b: usize, t: usize, h: usize, seed: u64) -> Case {
+fn case(kind: Kind, b: usize, t: usize, h: usize, seed: u64) -> Case {
+    let g = match kind {
+        Kind::Lstm => 4,
+        Kind::Gru => 3,
+        _ => 1,
+    };
     let mut rng = Rng::new(seed);
     let var = |x: Tensor| candle_core::Var::from_tensor(&x).unwrap();
     Case {
-        xp: var(random(&mut rng, &[b, t, 4 * h], 1.5)),
-        w: var(random(&mut rng, &[4 * h, h], 0.5)),
+        kind,
+        xp: var(random(&mut rng, &[b, t, g * h], 1.5)),
+        w: var(random(&mut rng, &[g * h, h], 0.5)),
+        b: var(random(&mut rng, &[g * h], 0.5)),
         h0: var(random(&mut rng, &[b, h], 0.8)),
         c0: var(random(&mut rng, &[b, h], 0.8)),
         // A random linear read-out makes every output element matter to the loss.
@@ -35,55 +57,75 @@ fn case(b: usize, t: usize, h: usize, seed: u64) -> Case {
     }
 }
 
+impl Case {
+    fn inputs(&self) -> Vec<(&'static str, &candle_core::Var)> {
+        match self.kind {
+            Kind::Lstm => vec![("xp", &self.xp), ("w_hh", &self.w), ("h0", &self.h0), ("c0", &self.c0)],
+            Kind::Gru => vec![("xp", &self.xp), ("w_hh", &self.w), ("b_hh", &self.b), ("h0", &self.h0)],
+            _ => vec![("xp", &self.xp), ("w_hh", &self.w), ("h0", &self.h0)],
+        }
+    }
+}
+
 fn loss(c: &Case, fused: bool) -> Tensor {
-    let out = if fused {
-        let s0 = Tensor::cat(&[c.h0.as_tensor(), c.c0.as_tensor()], 1).unwrap();
-        lstm_seq(c.xp.as_tensor(), c.w.as_tensor(), &s0).unwrap()
-    } else {
-        recurrence_generic(c.xp.as_tensor(), c.w.as_tensor(), c.h0.as_tensor(), c.c0.as_tensor()).unwrap()
+    let (xp, w, h0) = (c.xp.as_tensor(), c.w.as_tensor(), c.h0.as_tensor());
+    let relu = c.kind == Kind::RnnRelu;
+    let out = match (c.kind, fused) {
+        (Kind::Lstm, true) => lstm_seq(xp, w, &Tensor::cat(&[h0, c.c0.as_tensor()], 1).unwrap()).unwrap(),
+        (Kind::Lstm, false) => lstm_generic(xp, w, h0, c.c0.as_tensor()).unwrap(),
+        (Kind::Gru, true) => {
+            gru_seq(xp, &Tensor::cat(&[w, &c.b.as_tensor().unsqueeze(1).unwrap()], 1).unwrap(), h0).unwrap()
+        }
+        (Kind::Gru, false) => gru_generic(xp, w, c.b.as_tensor(), h0).unwrap(),
+        (_, true) => rnn_seq(xp, w, h0, relu).unwrap(),
+        (_, false) => rnn_generic(xp, w, h0, relu).unwrap(),
     };
     out.mul(&c.weights).unwrap().sum_all().unwrap()
 }
 
 #[test]
-fn fused_lstm_matches_the_generic_recurrence_forward_and_backward() {
-    for (b, t, h) in [(1, 1, 1), (3, 7, 5), (4, 13, 16)] {
-        let c = case(b, t, h, (b * 100 + t * 10 + h) as u64);
-        let lf = loss(&c, true);
-        let lg = loss(&c, false);
-        let (vf, vg) = (lf.to_scalar::<f64>().unwrap(), lg.to_scalar::<f64>().unwrap());
-        assert!((vf - vg).abs() < 1e-12 * vg.abs().max(1.0), "loss {vf} vs {vg}");
-        let gf = lf.backward().unwrap();
-        let gg = lg.backward().unwrap();
-        for (name, v) in [("xp", &c.xp), ("w_hh", &c.w), ("h0", &c.h0), ("c0", &c.c0)] {
-            let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("fused: no gradient for {name}"));
-            let e = gg.get(v.as_tensor()).unwrap_or_else(|| panic!("generic: no gradient for {name}"));
-            let d = max_abs_diff(a, e);
-            assert!(d < 1e-11, "{name} gradient differs by {d} for b={b} t={t} h={h}");
+fn fused_recurrences_match_the_generic_ones_forward_and_backward() {
+    for kind in KINDS {
+        for (b, t, h) in [(1, 1, 1), (3, 7, 5), (4, 13, 16)] {
+            let c = case(kind, b, t, h, (b * 100 + t * 10 + h) as u64);
+            let lf = loss(&c, true);
+            let lg = loss(&c, false);
+            let (vf, vg) = (lf.to_scalar::<f64>().unwrap(), lg.to_scalar::<f64>().unwrap());
+            assert!((vf - vg).abs() < 1e-12 * vg.abs().max(1.0), "{kind:?}: loss {vf} vs {vg}");
+            let gf = lf.backward().unwrap();
+            let gg = lg.backward().unwrap();
+            for (name, v) in c.inputs() {
+                let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?} fused: no gradient for {name}"));
+                let e = gg.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?} generic: no gradient for {name}"));
+                let d = max_abs_diff(a, e);
+                assert!(d < 1e-11, "{kind:?}: {name} gradient differs by {d} for b={b} t={t} h={h}");
+            }
         }
     }
 }
 
 #[test]
-fn fused_lstm_backward_matches_finite_differences() {
-    let c = case(2, 6, 3, 42);
-    let grads = loss(&c, true).backward().unwrap();
-    let eps = 1e-6;
-    for (name, v) in [("xp", &c.xp), ("w_hh", &c.w), ("h0", &c.h0), ("c0", &c.c0)] {
-        let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let shape = v.as_tensor().dims().to_vec();
-        for i in (0..base.len()).step_by(base.len().div_ceil(12)) {
-            let at = |delta: f64| {
-                let mut p = base.clone();
-                p[i] += delta;
-                v.set(&Tensor::from_vec(p, shape.as_slice(), &Device::Cpu).unwrap()).unwrap();
-                loss(&c, true).to_scalar::<f64>().unwrap()
-            };
-            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
-            at(0.0);
-            let err = (numeric - g[i]).abs() / numeric.abs().max(g[i].abs()).max(1e-3);
-            assert!(err < 1e-6, "{name}[{i}]: analytic {} numeric {numeric} (relative error {err})", g[i]);
+fn fused_recurrences_backward_match_finite_differences() {
+    for kind in KINDS {
+        let c = case(kind, 2, 6, 3, 42);
+        let grads = loss(&c, true).backward().unwrap();
+        let eps = 1e-6;
+        for (name, v) in c.inputs() {
+            let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let shape = v.as_tensor().dims().to_vec();
+            for i in (0..base.len()).step_by(base.len().div_ceil(12)) {
+                let at = |delta: f64| {
+                    let mut p = base.clone();
+                    p[i] += delta;
+                    v.set(&Tensor::from_vec(p, shape.as_slice(), &Device::Cpu).unwrap()).unwrap();
+                    loss(&c, true).to_scalar::<f64>().unwrap()
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                at(0.0);
+                let err = (numeric - g[i]).abs() / numeric.abs().max(g[i].abs()).max(1e-3);
+                assert!(err < 1e-6, "{kind:?} {name}[{i}]: analytic {} numeric {numeric} (relative error {err})", g[i]);
+            }
         }
     }
 }

@@ -130,3 +130,46 @@ fn lstm_regressor_last_step_mse_matches_pytorch() {
     assert_close("output", &values(&out), f.values("output"), TOL);
     assert_loss_and_gradients_match(&mut m, &f, &f.f32("input"), &f.f32("target"));
 }
+
+/// One case of RECURRENT_CASES in make-fixtures.py: `[recurrent, dense(3)]` on float input `[3, 6, 4]`, MSE.
+fn recurrent_case(file: &str, layer: Value) {
+    let path = format!("recurrent_{file}.safetensors");
+    let f = Fixture::open(&path);
+    let mut m = compiled(
+        json!({ "layers": [layer, { "type": "dense", "units": 3 }] }),
+        json!({ "type": "adam", "learningRate": 0.01 }),
+        json!({ "type": "mse" }),
+    );
+    m.load_weights(fixture_path(&path), "").unwrap();
+    let out = m.predict(&f.f32("input"), &[]).unwrap();
+    assert_close(&format!("{file} output"), &values(&out), f.values("output"), TOL);
+    assert_loss_and_gradients_match(&mut m, &f, &f.f32("input"), &f.f32("target"));
+    m.train_step(&f.f32("input"), &f.f32("target"), &[]).unwrap();
+    let want = f.tagged("adam1", &m);
+    for (name, got) in common::weights(&m) {
+        assert_close(&format!("{file} adam1 {name}"), &got, &want[&name], TOL);
+    }
+}
+
+#[test]
+fn bidirectional_two_layer_lstm_matches_pytorch() {
+    let l = json!({ "type": "lstm", "inputSize": 4, "hiddenSize": 5, "numLayers": 2, "bidirectional": true, "returnSequences": true });
+    recurrent_case("lstm_bi2", l);
+}
+
+#[test]
+fn gru_stacked_bidirectional_and_last_state_match_pytorch() {
+    let gru = |h: usize, layers: usize, bi: bool, seq: bool| json!({ "type": "gru", "inputSize": 4, "hiddenSize": h, "numLayers": layers, "bidirectional": bi, "returnSequences": seq });
+    recurrent_case("gru_bi2", gru(5, 2, true, true));
+    recurrent_case("gru_last", gru(6, 1, false, false));
+    recurrent_case("gru_bi_last", gru(4, 1, true, false));
+}
+
+#[test]
+fn rnn_tanh_bidirectional_and_relu_stacked_match_pytorch() {
+    let tanh =
+        json!({ "type": "rnn", "inputSize": 4, "hiddenSize": 5, "bidirectional": true, "returnSequences": true });
+    recurrent_case("rnn_tanh_bi", tanh);
+    let relu = json!({ "type": "rnn", "inputSize": 4, "hiddenSize": 6, "numLayers": 2, "nonlinearity": "relu" });
+    recurrent_case("rnn_relu2_last", relu);
+}

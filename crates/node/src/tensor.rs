@@ -26,7 +26,7 @@ pub struct NamedTensor {
 pub struct JsState {
     pub layer: String,
     pub h: JsTensor,
-    pub c: JsTensor,
+    pub c: Option<JsTensor>,
 }
 
 pub fn to_host(what: &str, t: &JsTensor) -> napi::Result<HostTensor> {
@@ -63,7 +63,7 @@ pub fn states_to_host(states: Option<Vec<JsState>>) -> napi::Result<Vec<engram_c
             Ok(engram_core::InitialState {
                 layer: s.layer.clone(),
                 h: to_host("initialState h", &s.h)?,
-                c: to_host("initialState c", &s.c)?,
+                c: s.c.as_ref().map(|c| to_host("initialState c", c)).transpose()?,
             })
         })
         .collect()

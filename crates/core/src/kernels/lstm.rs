@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Mat, Real, matmul};
+use super::{Mat, Real, matmul, slice};
 
 /// What the backward needs from the forward, time-major.
 struct Saved<T> {
@@ -34,14 +34,6 @@ pub struct LstmSeq<T: Real> {
     /// Keep activations for a backward (only when the inputs are tracked by autograd).
     keep: bool,
     saved: Mutex<Option<Saved<T>>>,
-}
-
-fn slice<'a, T: Real>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let all = T::cpu_storage_as_slice(s)?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&all[a..b]),
-        None => candle_core::bail!("lstm kernel: {what} must be contiguous"),
-    }
 }
 
 impl<T: Real> LstmSeq<T> {

@@ -1,7 +1,9 @@
 //! Fused CPU kernels: forward and backward side by side, joined to candle autograd as custom ops.
 
 pub mod bag;
+pub mod gru;
 pub mod lstm;
+pub mod rnn;
 
 use gemm::Parallelism;
 
@@ -73,6 +75,19 @@ pub mod fast {
     #[inline(always)]
     pub fn tanh(x: f32) -> f32 {
         2.0 / (1.0 + exp(-2.0 * x)) - 1.0
+    }
+}
+
+/// The elements a contiguous CPU tensor covers.
+pub(crate) fn slice<'a, T: Real>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    let all = T::cpu_storage_as_slice(s)?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&all[a..b]),
+        None => candle_core::bail!("kernel: {what} must be contiguous"),
     }
 }
 

@@ -5,7 +5,7 @@
 pub mod dense;
 pub mod dropout;
 pub mod embedding;
-pub mod lstm;
+pub mod recurrent;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use crate::rng::Rng;
 pub use dense::{Activation, Dense, DenseSpec};
 pub use dropout::{Dropout, DropoutSpec};
 pub use embedding::{Embedding, EmbeddingSpec};
-pub use lstm::{Lstm, LstmSpec, LstmState};
+pub use recurrent::{Cell, LstmSpec, Nonlinearity, Recurrent, RecurrentSpec, RecurrentState};
 
 /// A layer as the user describes it (JSON-able; `type` selects the variant).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +24,9 @@ pub use lstm::{Lstm, LstmSpec, LstmState};
 pub enum LayerSpec {
     Embedding(EmbeddingSpec),
     Dense(DenseSpec),
-    Lstm(LstmSpec),
+    Lstm(RecurrentSpec),
+    Gru(RecurrentSpec),
+    Rnn(RecurrentSpec),
     Dropout(DropoutSpec),
 }
 
@@ -34,6 +36,8 @@ impl LayerSpec {
             LayerSpec::Embedding(_) => "embedding",
             LayerSpec::Dense(_) => "dense",
             LayerSpec::Lstm(_) => "lstm",
+            LayerSpec::Gru(_) => "gru",
+            LayerSpec::Rnn(_) => "rnn",
             LayerSpec::Dropout(_) => "dropout",
         }
     }
@@ -42,7 +46,7 @@ impl LayerSpec {
         match self {
             LayerSpec::Embedding(s) => s.name.as_deref(),
             LayerSpec::Dense(s) => s.name.as_deref(),
-            LayerSpec::Lstm(s) => s.name.as_deref(),
+            LayerSpec::Lstm(s) | LayerSpec::Gru(s) | LayerSpec::Rnn(s) => s.name.as_deref(),
             LayerSpec::Dropout(s) => s.name.as_deref(),
         }
     }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
-use crate::layers::{Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerSpec, Lstm, LstmState, Params};
+use crate::layers::{
+    Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerSpec, Params, Recurrent, RecurrentState,
+};
 use crate::rng::Rng;
 use crate::train::Trainer;
 use crate::train::trainer::check_batch;
@@ -45,19 +47,19 @@ pub struct SequentialConfig {
     pub dtype: Precision,
 }
 
-/// An initial state for one recurrent layer, addressed by its name or index.
+/// An initial state for one recurrent layer, addressed by its name or index; `c` for an LSTM only.
 #[derive(Debug, Clone)]
 pub struct InitialState {
     pub layer: String,
     pub h: HostTensor,
-    pub c: HostTensor,
+    pub c: Option<HostTensor>,
 }
 
 #[derive(Debug, Clone)]
 enum Layer {
     Embedding(Embedding),
     Dense(Dense),
-    Lstm(Lstm),
+    Recurrent(Recurrent),
     Dropout(Dropout),
 }
 
@@ -126,7 +128,7 @@ impl Sequential {
                     let out = Flow::Features { size: Some(d.units), seq };
                     (Layer::Dense(d), out)
                 }
-                LayerSpec::Lstm(s) => {
+                LayerSpec::Lstm(s) | LayerSpec::Gru(s) | LayerSpec::Rnn(s) => {
                     let size = input_size(&here, flow, s.input_size)?;
                     if let Some(Flow::Features { seq: Some(false), .. }) = flow {
                         return Err(Error::Type(format!(
@@ -134,9 +136,9 @@ impl Sequential {
                              the last step (set returnSequences: true there)"
                         )));
                     }
-                    let l = Lstm::build(s, size, &mut b)?;
-                    let out = Flow::Features { size: Some(l.hidden_size), seq: Some(l.return_sequences) };
-                    (Layer::Lstm(l), out)
+                    let l = Recurrent::build(spec.type_name(), s, size, &mut b)?;
+                    let out = Flow::Features { size: Some(l.output_size()), seq: Some(l.return_sequences) };
+                    (Layer::Recurrent(l), out)
                 }
                 LayerSpec::Dropout(s) => {
                     let d = Dropout::build(s)?;
@@ -183,7 +185,7 @@ impl Sequential {
         match self.nodes.first().map(|n| &n.layer) {
             Some(Layer::Embedding(e)) => Flow::Ids { vocab_size: e.vocab_size },
             Some(Layer::Dense(d)) => Flow::Features { size: Some(d.input_size), seq: None },
-            Some(Layer::Lstm(l)) => Flow::Features { size: Some(l.input_size), seq: Some(true) },
+            Some(Layer::Recurrent(l)) => Flow::Features { size: Some(l.input_size), seq: Some(true) },
             _ => Flow::Features { size: None, seq: None },
         }
     }
@@ -228,7 +230,7 @@ impl Sequential {
         }
     }
 
-    fn states(&self, states: &[InitialState]) -> Result<HashMap<usize, LstmState>> {
+    fn states(&self, states: &[InitialState]) -> Result<HashMap<usize, RecurrentState>> {
         let mut out = HashMap::new();
         for s in states {
             let idx = self
@@ -236,15 +238,15 @@ impl Sequential {
                 .iter()
                 .position(|n| n.name == s.layer)
                 .ok_or_else(|| Error::Range(format!("initialState: no layer named {:?}", s.layer)))?;
-            if !matches!(self.nodes[idx].layer, Layer::Lstm(_)) {
+            if !matches!(self.nodes[idx].layer, Layer::Recurrent(_)) {
                 return Err(Error::Type(format!(
                     "initialState: layer {:?} is a {}, only recurrent layers take an initial state",
                     s.layer, self.nodes[idx].kind
                 )));
             }
             let h = s.h.to_floats("initialState h", self.dtype(), self.device())?;
-            let c = s.c.to_floats("initialState c", self.dtype(), self.device())?;
-            out.insert(idx, LstmState { h, c });
+            let c = s.c.as_ref().map(|c| c.to_floats("initialState c", self.dtype(), self.device())).transpose()?;
+            out.insert(idx, RecurrentState { h, c });
         }
         Ok(out)
     }
@@ -363,7 +365,7 @@ impl Sequential {
 fn forward_nodes(
     nodes: &[Node],
     x: &Tensor,
-    states: &HashMap<usize, LstmState>,
+    states: &HashMap<usize, RecurrentState>,
     p: &[Tensor],
     ctx: &mut ForwardCtx,
 ) -> Result<Tensor> {
@@ -373,7 +375,7 @@ fn forward_nodes(
         h = match &node.layer {
             Layer::Embedding(e) => e.forward(&h, p)?,
             Layer::Dense(d) => d.forward(&h, p)?,
-            Layer::Lstm(l) => l.forward(&h, states.get(&i), p, ctx)?,
+            Layer::Recurrent(l) => l.forward(&h, states.get(&i), p, ctx)?,
             Layer::Dropout(d) => d.forward(&h, ctx)?,
         };
     }
