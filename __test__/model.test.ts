@@ -120,6 +120,35 @@ describe('sequential model', () => {
     rnn.dispose();
   });
 
+  it('runs padded batches with lengths (or maskZero), and carries state with stateful', async () => {
+    const model = sequential([layers.gru({ inputSize: 2, hiddenSize: 3 })], { seed: 5 });
+    // Row 1 has 2 real steps and garbage after them.
+    const x = tensor(Float32Array.from([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, -0.3, 0.9, 0.2, -0.1, 7, 7]), [2, 3, 2]);
+    const padded = await model.predict({ x, lengths: tensor(Int32Array.from([3, 2]), [2]) });
+    const alone = await model.predict(tensor(Float32Array.from([-0.3, 0.9, 0.2, -0.1]), [1, 2, 2]));
+    expectClose({ data: padded.data.subarray(3, 6), shape: [1, 3] }, alone, 1e-6, 1e-7, 'row 1 alone');
+    await expect(model.predict({ x, lengths: tensor(Int32Array.from([3, 4]), [2]) })).rejects.toThrow(/row 1 has length 4/);
+    await expect(model.predict({ x, lengths: tensor(Int32Array.from([3]), [1]) })).rejects.toThrow(RangeError);
+    model.dispose();
+
+    const ids = tensor(Int32Array.from([4, 2, 0, 3, 0, 0]), [2, 3]);
+    const masked = sequential([layers.embedding({ vocabSize: 6, dim: 2, maskZero: true }), layers.lstm({ hiddenSize: 3 })], { seed: 6 });
+    const plain = sequential([layers.embedding({ vocabSize: 6, dim: 2 }), layers.lstm({ hiddenSize: 3 })], { seed: 6 });
+    const byLengths = await plain.predict({ x: ids, lengths: tensor(Int32Array.from([2, 1]), [2]) });
+    expectClose(await masked.predict(ids), byLengths, 0, 0, 'maskZero');
+    masked.dispose();
+    plain.dispose();
+
+    const stateful = sequential([layers.lstm({ inputSize: 2, hiddenSize: 3, stateful: true, returnSequences: true })], { seed: 7 });
+    const step = tensor(Float32Array.from([0.5, -0.5, 0.25, 0.75]), [2, 1, 2]);
+    const a = await stateful.predict(step);
+    const b = await stateful.predict(step);
+    expect(Math.abs(a.data[0]! - b.data[0]!)).toBeGreaterThan(1e-4);
+    await stateful.resetStates();
+    expectClose(await stateful.predict(step), a, 0, 0, 'after resetStates');
+    stateful.dispose();
+  });
+
   it('round-trips weights through getWeights and setWeights', async () => {
     const a = charModel(1);
     const b = charModel(2);

@@ -25,7 +25,7 @@ export type {
 export { optimizers } from './optimizers.js';
 export type { AdamOptions, AdamSpec, ClipOptions, OptimizerSpec, SgdOptions, SgdSpec } from './optimizers.js';
 export { Model, load, memoryNetwork, sequential } from './model.js';
-export type { Inputs, MemoryInputs } from './inputs.js';
+export type { Inputs, MemoryInputs, SequenceInputs } from './inputs.js';
 export type {
   CompileOptions,
   CrossEntropyLoss,

@@ -9,12 +9,24 @@ export interface MemoryInputs {
   queries: Tensor;
 }
 
-/** What a model takes: a tensor (sequential models) or named tensors (memory networks). */
-export type Inputs = Tensor | MemoryInputs;
+/**
+ * A padded batch of sequences with each row's length, for the recurrent layers of a sequential model: row i runs
+ * its first `lengths[i]` steps only; the steps after never change its state and output zeros (PyTorch's packed
+ * sequences). With token ids, an `embedding({ maskZero: true })` first derives the lengths from trailing zeros.
+ */
+export interface SequenceInputs {
+  /** `[batch, seqLen, ...]`. */
+  x: Tensor;
+  /** Int32 `[batch]`, each in `1..=seqLen`. */
+  lengths: Tensor;
+}
+
+/** What a model takes: a tensor or a padded batch with lengths (sequential models), or named tensors (memory networks). */
+export type Inputs = Tensor | SequenceInputs | MemoryInputs;
 
 /** The kinds of model, with the names of their inputs in native order. @internal */
 export const INPUT_NAMES: Record<string, readonly string[] | undefined> = {
-  sequential: ['x'],
+  sequential: ['x', 'lengths'],
   memoryNetwork: ['stories', 'queries'],
 };
 
@@ -35,6 +47,17 @@ export function inputList(kind: string, what: string, x: unknown): Tensor[] {
     }
     return list;
   }
+  if (typeof x === 'object' && x !== null && !isTensor(x) && 'x' in x && 'lengths' in x) {
+    const s = x as SequenceInputs;
+    const list = [checkTensor(`${what}.x`, s.x), checkTensor(`${what}.lengths`, s.lengths)];
+    if (!(list[1]!.data instanceof Int32Array)) {
+      throw new TypeError(`${what}.lengths must be an Int32Array tensor, got ${describe(list[1]!.data)}`);
+    }
+    if (list[1]!.shape.length !== 1 || list[1]!.shape[0] !== list[0]!.shape[0]) {
+      throw new RangeError(`${what}.lengths must have shape [${list[0]!.shape[0]}] (one per row), got [${list[1]!.shape.join(', ')}]`);
+    }
+    return list;
+  }
   return [checkTensor(what, x)];
 }
 
@@ -46,6 +69,7 @@ export function rowCount(list: Tensor[]): number {
 /** The inputs with `f` applied to each tensor, keeping their form. @internal */
 export function mapInputs(x: Inputs, f: (t: Tensor) => Tensor): Inputs {
   if (isTensor(x)) return f(x);
+  if ('lengths' in x) return { x: f(x.x), lengths: f(x.lengths) };
   return { stories: f(x.stories), queries: f(x.queries) };
 }
 

@@ -18,6 +18,11 @@ export interface EmbeddingSpec extends LayerBase {
   vocabSize: number;
   /** Size of each embedding vector. */
   dim: number;
+  /**
+   * Treat id 0 as padding at the end of each row (default false): recurrent layers after it run each row up to
+   * its last non-zero id, as if given `lengths`. A zero before a row's last non-zero id is an ordinary token.
+   */
+  maskZero?: boolean;
 }
 
 /** Activation applied after a dense layer's affine map. */
@@ -56,6 +61,14 @@ export interface RecurrentBase extends LayerBase {
    * false); its parameters carry PyTorch's `_reverse` suffix (`weight_ih_l0_reverse`, ...).
    */
   bidirectional?: boolean;
+  /**
+   * Carry each call's final state (detached) into the next call as its initial state (default false), for
+   * truncated backpropagation through time over a long stream cut into consecutive batches: row i of each batch
+   * continues row i of the one before, so keep the batch size and do not shuffle. Every call (trainStep,
+   * predict, evaluate) continues and updates the state; `model.resetStates()` clears it, and a checkpoint does
+   * not hold it. Not with `bidirectional`.
+   */
+  stateful?: boolean;
   /** Input features; only for a first layer (otherwise inferred). */
   inputSize?: number;
 }

@@ -214,6 +214,14 @@ export class Model {
     return native(() => this.#check('linearStart').getLinearStart());
   }
 
+  /**
+   * Forgets the state that `stateful` recurrent layers carry from call to call: the next call starts from zeros
+   * (or its `initialState`). Queued after the calls made before it.
+   */
+  async resetStates(): Promise<void> {
+    await this.#enqueue('resetStates', async (m) => m.resetStates());
+  }
+
   /** Turns linear start on or off from the next call on. */
   set linearStart(on: boolean) {
     const m = this.#check('linearStart');

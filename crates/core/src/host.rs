@@ -58,6 +58,10 @@ impl HostTensor {
         Self::new(HostData::F32(data), shape.to_vec())
     }
 
+    pub fn f64(data: Vec<f64>, shape: &[usize]) -> Result<Self> {
+        Self::new(HostData::F64(data), shape.to_vec())
+    }
+
     pub fn i32(data: Vec<i32>, shape: &[usize]) -> Result<Self> {
         Self::new(HostData::I32(data), shape.to_vec())
     }

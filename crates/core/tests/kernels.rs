@@ -4,6 +4,7 @@
 use engram_core::kernels::{gru::gru_seq, lstm::lstm_seq, rnn::rnn_seq};
 use engram_core::layers::recurrent::{gru_generic, lstm_generic, rnn_generic};
 use engram_core::{Device, Rng, Tensor};
+use std::sync::Arc;
 
 fn random(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -35,6 +36,7 @@ struct Case {
     /// The LSTM's c0.
     c0: candle_core::Var,
     weights: Tensor,
+    lengths: Option<Vec<usize>>,
 }
 
 fn case(kind: Kind, b: usize, t: usize, h: usize, seed: u64) -> Case {
@@ -54,7 +56,13 @@ fn case(kind: Kind, b: usize, t: usize, h: usize, seed: u64) -> Case {
         c0: var(random(&mut rng, &[b, h], 0.8)),
         // A random linear read-out makes every output element matter to the loss.
         weights: random(&mut rng, &[b, t, h], 1.0),
+        lengths: None,
     }
+}
+
+/// The same case over a padded batch: row i runs `t - i % t` steps (the first row all of them).
+fn padded(kind: Kind, b: usize, t: usize, h: usize, seed: u64) -> Case {
+    Case { lengths: Some((0..b).map(|i| t - i % t).collect()), ..case(kind, b, t, h, seed) }
 }
 
 impl Case {
@@ -70,15 +78,17 @@ impl Case {
 fn loss(c: &Case, fused: bool) -> Tensor {
     let (xp, w, h0) = (c.xp.as_tensor(), c.w.as_tensor(), c.h0.as_tensor());
     let relu = c.kind == Kind::RnnRelu;
+    let (shared, l) = (c.lengths.clone().map(Arc::new), c.lengths.as_deref());
     let out = match (c.kind, fused) {
-        (Kind::Lstm, true) => lstm_seq(xp, w, &Tensor::cat(&[h0, c.c0.as_tensor()], 1).unwrap()).unwrap(),
-        (Kind::Lstm, false) => lstm_generic(xp, w, h0, c.c0.as_tensor()).unwrap(),
+        (Kind::Lstm, true) => lstm_seq(xp, w, &Tensor::cat(&[h0, c.c0.as_tensor()], 1).unwrap(), shared, None).unwrap(),
+        (Kind::Lstm, false) => lstm_generic(xp, w, h0, c.c0.as_tensor(), l).unwrap(),
         (Kind::Gru, true) => {
-            gru_seq(xp, &Tensor::cat(&[w, &c.b.as_tensor().unsqueeze(1).unwrap()], 1).unwrap(), h0).unwrap()
+            let wb = Tensor::cat(&[w, &c.b.as_tensor().unsqueeze(1).unwrap()], 1).unwrap();
+            gru_seq(xp, &wb, h0, shared).unwrap()
         }
-        (Kind::Gru, false) => gru_generic(xp, w, c.b.as_tensor(), h0).unwrap(),
-        (_, true) => rnn_seq(xp, w, h0, relu).unwrap(),
-        (_, false) => rnn_generic(xp, w, h0, relu).unwrap(),
+        (Kind::Gru, false) => gru_generic(xp, w, c.b.as_tensor(), h0, l).unwrap(),
+        (_, true) => rnn_seq(xp, w, h0, relu, shared).unwrap(),
+        (_, false) => rnn_generic(xp, w, h0, relu, l).unwrap(),
     };
     out.mul(&c.weights).unwrap().sum_all().unwrap()
 }
@@ -86,8 +96,10 @@ fn loss(c: &Case, fused: bool) -> Tensor {
 #[test]
 fn fused_recurrences_match_the_generic_ones_forward_and_backward() {
     for kind in KINDS {
-        for (b, t, h) in [(1, 1, 1), (3, 7, 5), (4, 13, 16)] {
-            let c = case(kind, b, t, h, (b * 100 + t * 10 + h) as u64);
+        for (b, t, h, pad) in [(1, 1, 1, false), (3, 7, 5, false), (4, 13, 16, false), (4, 7, 5, true), (5, 3, 4, true)]
+        {
+            let seed = (b * 100 + t * 10 + h) as u64;
+            let c = if pad { padded(kind, b, t, h, seed) } else { case(kind, b, t, h, seed) };
             let lf = loss(&c, true);
             let lg = loss(&c, false);
             let (vf, vg) = (lf.to_scalar::<f64>().unwrap(), lg.to_scalar::<f64>().unwrap());
@@ -106,8 +118,8 @@ fn fused_recurrences_match_the_generic_ones_forward_and_backward() {
 
 #[test]
 fn fused_recurrences_backward_match_finite_differences() {
-    for kind in KINDS {
-        let c = case(kind, 2, 6, 3, 42);
+    for (kind, pad) in KINDS.iter().flat_map(|&k| [(k, false), (k, true)]) {
+        let c = if pad { padded(kind, 3, 6, 3, 42) } else { case(kind, 2, 6, 3, 42) };
         let grads = loss(&c, true).backward().unwrap();
         let eps = 1e-6;
         for (name, v) in c.inputs() {

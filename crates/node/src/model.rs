@@ -82,6 +82,12 @@ impl Model {
         with_model(&self.inner, "linearStart", |m| Ok(m.is_linear()))
     }
 
+    /// Sequential models: forgets the state that `stateful` recurrent layers carry between calls.
+    #[napi(catch_unwind)]
+    pub fn reset_states(&self) -> Result<()> {
+        with_model(&self.inner, "resetStates", |m| m.reset_states().map_err(to_napi))
+    }
+
     /// Memory networks: each hop's attention over the memories, `[hops, batch, memorySize]`.
     #[napi(catch_unwind, ts_return_type = "Promise<JsTensor>")]
     pub fn attention(&self, inputs: Vec<JsTensor>) -> Result<AsyncTask<Job>> {

@@ -1,6 +1,6 @@
 //! The kinds of model one native handle can hold, and the calls they share. Inputs arrive as a list of host
-//! tensors whose meaning depends on the kind: `[x]` for a sequential model, `[stories, queries]` for a
-//! memory network.
+//! tensors whose meaning depends on the kind: `[x]` or `[x, lengths]` for a sequential model, `[stories,
+//! queries]` for a memory network.
 
 use std::path::Path;
 
@@ -31,6 +31,15 @@ fn no_states(op: &str, states: &[InitialState]) -> Result<()> {
 
 const MEMORY_INPUTS: [&str; 2] = ["stories", "queries"];
 
+/// A sequential model's inputs: `[x]` or `[x, lengths]`.
+fn seq_input<'a>(op: &str, inputs: &'a [HostTensor]) -> Result<engram_core::Input<'a>> {
+    match inputs {
+        [x] => Ok(engram_core::Input { x, lengths: None }),
+        [x, lengths] => Ok(engram_core::Input { x, lengths: Some(lengths) }),
+        _ => Err(Error::Type(format!("{op}: expected inputs [x] or [x, lengths], got {} tensor(s)", inputs.len()))),
+    }
+}
+
 impl Net {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -59,7 +68,7 @@ impl Net {
 
     pub fn train_step(&mut self, inputs: &[HostTensor], y: &HostTensor, states: &[InitialState]) -> Result<StepOutput> {
         match self {
-            Net::Sequential(m) => m.train_step(&arity("trainStep", inputs, &["x"])?[0], y, states),
+            Net::Sequential(m) => m.train_step(seq_input("trainStep", inputs)?, y, states),
             Net::MemoryNetwork(m) => {
                 no_states("trainStep", states)?;
                 let i = arity("trainStep", inputs, &MEMORY_INPUTS)?;
@@ -70,7 +79,7 @@ impl Net {
 
     pub fn predict(&self, inputs: &[HostTensor], states: &[InitialState]) -> Result<HostTensor> {
         match self {
-            Net::Sequential(m) => m.predict(&arity("predict", inputs, &["x"])?[0], states),
+            Net::Sequential(m) => m.predict(seq_input("predict", inputs)?, states),
             Net::MemoryNetwork(m) => {
                 no_states("predict", states)?;
                 let i = arity("predict", inputs, &MEMORY_INPUTS)?;
@@ -81,7 +90,7 @@ impl Net {
 
     pub fn evaluate(&self, inputs: &[HostTensor], y: &HostTensor, states: &[InitialState]) -> Result<f64> {
         match self {
-            Net::Sequential(m) => m.evaluate(&arity("evaluate", inputs, &["x"])?[0], y, states),
+            Net::Sequential(m) => m.evaluate(seq_input("evaluate", inputs)?, y, states),
             Net::MemoryNetwork(m) => {
                 no_states("evaluate", states)?;
                 let i = arity("evaluate", inputs, &MEMORY_INPUTS)?;
@@ -97,6 +106,16 @@ impl Net {
                 m.attention(&i[0], &i[1])
             }
             Net::Sequential(_) => Err(Error::Type("attention: only a memory network has memory attention".into())),
+        }
+    }
+
+    pub fn reset_states(&mut self) -> Result<()> {
+        match self {
+            Net::Sequential(m) => {
+                m.reset_states();
+                Ok(())
+            }
+            Net::MemoryNetwork(_) => Err(Error::Type("resetStates: a memory network carries no state".into())),
         }
     }
 

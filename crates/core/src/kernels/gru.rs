@@ -11,12 +11,14 @@
 //! Forward, per step: one GEMM `hp = h W_hh^T` into a buffer, then one fused pass for the gates and `h`.
 //! Backward, per step: one fused pass for the gate gradients and one GEMM `dh = dhp W_hh`; after the loop,
 //! `dW_hh` for all steps as one GEMM `dhp^T [3H, T*B] x h_prev [T*B, H]`, and `db_hh` as a column sum.
+//!
+//! With `lengths`, row b runs its first `lengths[b]` steps only (see [`Lengths`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Mat, Real, matmul, slice};
+use super::{Lengths, Mat, Real, matmul, slice};
 
 /// What the backward needs from the forward, time-major.
 struct Saved<T> {
@@ -34,6 +36,7 @@ pub struct GruSeq<T: Real> {
     hidden: usize,
     /// Keep activations for a backward (only when the inputs are tracked by autograd).
     keep: bool,
+    lengths: Lengths,
     saved: Mutex<Option<Saved<T>>>,
 }
 
@@ -72,19 +75,17 @@ impl<T: Real> GruSeq<T> {
                 T::tanh_slice(&mut g[2 * h..]);
                 let hp_row = &h_prev[bi * h..(bi + 1) * h];
                 let out = &mut h_next[bi * h..(bi + 1) * h];
+                if !self.lengths.live(bi, t) {
+                    out.copy_from_slice(hp_row);
+                    continue;
+                }
                 for j in 0..h {
                     let (z, n) = (g[h + j], g[2 * h + j]);
                     out[j] = (T::one() - z) * n + z * hp_row[j];
                 }
             }
         }
-        let mut out = vec![T::zero(); b * t_len * h];
-        for t in 0..t_len {
-            for bi in 0..b {
-                let src = ((t + 1) * b + bi) * h;
-                out[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&hs[src..src + h]);
-            }
-        }
+        let out = self.lengths.outputs(&hs, b, t_len, h);
         (out, Saved { gates, hn: hns, h: hs })
     }
 
@@ -102,6 +103,12 @@ impl<T: Real> GruSeq<T> {
             let h_prev = &s.h[t * b * h..(t + 1) * b * h];
             let dhp_t = &mut dhp[t * b * g3..(t + 1) * b * g3];
             for bi in 0..b {
+                if !self.lengths.live(bi, t) {
+                    // No gate gradients; dh passes through unchanged.
+                    dh_direct[bi * h..(bi + 1) * h].copy_from_slice(&dh[bi * h..(bi + 1) * h]);
+                    dhp_t[bi * g3..(bi + 1) * g3].fill(T::zero());
+                    continue;
+                }
                 let g = &s.gates[(t * b + bi) * g3..(t * b + bi + 1) * g3];
                 let hn = &s.hn[(t * b + bi) * h..(t * b + bi + 1) * h];
                 let dx = &mut dxp[(bi * t_len + t) * g3..(bi * t_len + t + 1) * g3];
@@ -203,19 +210,21 @@ impl<T: Real> CustomOp3 for GruSeq<T> {
     }
 }
 
-/// Runs the fused GRU recurrence on CPU tensors (see the module doc for shapes).
-pub fn gru_seq(xp: &Tensor, w: &Tensor, h0: &Tensor) -> Result<Tensor> {
+/// Runs the fused GRU recurrence on CPU tensors (see the module doc for shapes), over each row's first
+/// `lengths[b]` steps when given.
+pub fn gru_seq(xp: &Tensor, w: &Tensor, h0: &Tensor, lengths: Option<Arc<Vec<usize>>>) -> Result<Tensor> {
     let (b, t, g3) = xp.dims3()?;
     let h = g3 / 3;
     let keep = xp.track_op() || w.track_op() || h0.track_op();
+    let lengths = Lengths::new(lengths, b, t)?;
     let (xp, w, h0) = (xp.contiguous()?, w.contiguous()?, h0.contiguous()?);
     match xp.dtype() {
         candle_core::DType::F64 => {
-            let op = GruSeq::<f64> { batch: b, seq_len: t, hidden: h, keep, saved: Mutex::new(None) };
+            let op = GruSeq::<f64> { batch: b, seq_len: t, hidden: h, keep, lengths, saved: Mutex::new(None) };
             xp.apply_op3(&w, &h0, op)
         }
         _ => {
-            let op = GruSeq::<f32> { batch: b, seq_len: t, hidden: h, keep, saved: Mutex::new(None) };
+            let op = GruSeq::<f32> { batch: b, seq_len: t, hidden: h, keep, lengths, saved: Mutex::new(None) };
             xp.apply_op3(&w, &h0, op)
         }
     }

@@ -8,12 +8,15 @@
 //! gates, `c` and `h`. Backward, per step: one fused pass for the gate gradients and one GEMM `dh = dgates
 //! W_hh`; after the loop, `dW_hh` for all steps as a single GEMM `dgates^T [4H, T*B] x h_prev [T*B, H]`.
 //! The forward keeps only what the backward reads: gate activations, `c` and `h` per step.
+//!
+//! With `lengths`, row b runs its first `lengths[b]` steps only: past them its state is carried unchanged and
+//! its output is zero, as PyTorch's packed sequences (see [`Lengths`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Mat, Real, matmul, slice};
+use super::{Lengths, Mat, Real, matmul, slice};
 
 /// What the backward needs from the forward, time-major.
 struct Saved<T> {
@@ -33,8 +36,14 @@ pub struct LstmSeq<T: Real> {
     hidden: usize,
     /// Keep activations for a backward (only when the inputs are tracked by autograd).
     keep: bool,
+    lengths: Lengths,
+    /// Receives the final cell state `[B, H]` (as f64) when the caller carries state across batches.
+    final_c: Option<FinalState>,
     saved: Mutex<Option<Saved<T>>>,
 }
+
+/// Where a kernel leaves a final state for the caller to read after the forward.
+pub type FinalState = Arc<Mutex<Option<Vec<f64>>>>;
 
 impl<T: Real> LstmSeq<T> {
     fn forward(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
@@ -84,18 +93,18 @@ impl<T: Real> LstmSeq<T> {
                 tcr.copy_from_slice(cn);
                 T::tanh_slice(tcr);
                 let hn = &mut h_next[bi * h..(bi + 1) * h];
+                if !self.lengths.live(bi, t) {
+                    // Past this row's length: the state is carried as it was.
+                    cn.copy_from_slice(cp);
+                    hn.copy_from_slice(&h_prev[bi * h..(bi + 1) * h]);
+                    continue;
+                }
                 for j in 0..h {
                     hn[j] = o[j] * tcr[j];
                 }
             }
         }
-        let mut out = vec![T::zero(); b * t_len * h];
-        for t in 0..t_len {
-            for bi in 0..b {
-                let src = ((t + 1) * b + bi) * h;
-                out[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&hs[src..src + h]);
-            }
-        }
+        let out = self.lengths.outputs(&hs, b, t_len, h);
         (out, Saved { gates, c: cs, h: hs, tc: tcs })
     }
 
@@ -111,7 +120,12 @@ impl<T: Real> LstmSeq<T> {
             let c_prev = &s.c[t * b * h..(t + 1) * b * h];
             let tc_t = &s.tc[t * b * h..(t + 1) * b * h];
             let dg = &mut dgates[t * b * g4..(t + 1) * b * g4];
+            let carry = self.lengths.carry(&dh, t, b, h);
             for bi in 0..b {
+                if !self.lengths.live(bi, t) {
+                    // Gates zero; dh and dc pass through unchanged (dh is added back after the GEMM).
+                    continue;
+                }
                 let row = &gates[bi * g4..(bi + 1) * g4];
                 let drow = &mut dg[bi * g4..(bi + 1) * g4];
                 for j in 0..h {
@@ -129,6 +143,7 @@ impl<T: Real> LstmSeq<T> {
             }
             // dh_{t-1} = dgates_t [B, 4H] x W_hh [4H, H]
             matmul(b, h, g4, &mut dh, h, false, Mat::rows(dg, g4), Mat::rows(w, h));
+            Lengths::add_carry(&mut dh, carry, h);
         }
         // dW_hh = sum_t dgates_t^T h_{t-1}: [4H, T*B] x [T*B, H] in one GEMM.
         let mut dw = vec![T::zero(); g4 * h];
@@ -168,6 +183,11 @@ impl<T: Real> CustomOp3 for LstmSeq<T> {
             candle_core::bail!("lstm kernel: unexpected shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
         }
         let (out, saved) = self.forward(slice(s1, l1, "xp")?, slice(s2, l2, "w_hh")?, slice(s3, l3, "s0")?);
+        if let Some(sink) = &self.final_c {
+            let last = &saved.c[t * b * h..];
+            let v = last.iter().map(|x| <T as num_traits::ToPrimitive>::to_f64(x).unwrap_or(f64::NAN)).collect();
+            *sink.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))? = Some(v);
+        }
         if self.keep {
             *self.saved.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))? = Some(saved);
         }
@@ -197,19 +217,29 @@ impl<T: Real> CustomOp3 for LstmSeq<T> {
     }
 }
 
-/// Runs the fused recurrence on CPU tensors (see the module doc for shapes).
-pub fn lstm_seq(xp: &Tensor, w_hh: &Tensor, s0: &Tensor) -> Result<Tensor> {
+/// Runs the fused recurrence on CPU tensors (see the module doc for shapes), over each row's first
+/// `lengths[b]` steps when given.
+pub fn lstm_seq(
+    xp: &Tensor,
+    w_hh: &Tensor,
+    s0: &Tensor,
+    lengths: Option<Arc<Vec<usize>>>,
+    final_c: Option<FinalState>,
+) -> Result<Tensor> {
     let (b, t, g4) = xp.dims3()?;
     let h = g4 / 4;
     let keep = xp.track_op() || w_hh.track_op() || s0.track_op();
+    let lengths = Lengths::new(lengths, b, t)?;
     let (xp, w_hh, s0) = (xp.contiguous()?, w_hh.contiguous()?, s0.contiguous()?);
     match xp.dtype() {
         candle_core::DType::F64 => {
-            let op = LstmSeq::<f64> { batch: b, seq_len: t, hidden: h, keep, saved: Mutex::new(None) };
+            let op =
+                LstmSeq::<f64> { batch: b, seq_len: t, hidden: h, keep, lengths, final_c, saved: Mutex::new(None) };
             xp.apply_op3(&w_hh, &s0, op)
         }
         _ => {
-            let op = LstmSeq::<f32> { batch: b, seq_len: t, hidden: h, keep, saved: Mutex::new(None) };
+            let op =
+                LstmSeq::<f32> { batch: b, seq_len: t, hidden: h, keep, lengths, final_c, saved: Mutex::new(None) };
             xp.apply_op3(&w_hh, &s0, op)
         }
     }

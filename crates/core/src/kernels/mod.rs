@@ -78,6 +78,58 @@ pub mod fast {
     }
 }
 
+/// Per-row sequence lengths of a padded batch, for the recurrent kernels: row b is live at step t when
+/// `t < lengths[b]`. Past its length a row's state is carried unchanged and its output is zero, so padded steps
+/// never change the final state, and nothing flows back through them.
+#[derive(Debug, Clone, Default)]
+pub struct Lengths(Option<std::sync::Arc<Vec<usize>>>);
+
+impl Lengths {
+    /// Checks `lengths` (one per row, each in `1..=seq_len`).
+    pub fn new(lengths: Option<std::sync::Arc<Vec<usize>>>, batch: usize, seq_len: usize) -> candle_core::Result<Self> {
+        if let Some(l) = &lengths
+            && (l.len() != batch || l.iter().any(|&n| n == 0 || n > seq_len))
+        {
+            candle_core::bail!("kernel: lengths must be {batch} values in 1..={seq_len}, got {l:?}");
+        }
+        Ok(Lengths(lengths))
+    }
+
+    #[inline]
+    pub fn live(&self, row: usize, t: usize) -> bool {
+        self.0.as_ref().is_none_or(|l| t < l[row])
+    }
+
+    /// Batch-first outputs `[B, T, H]` from time-major states `[T+1, B, H]` (state 0 is the initial one), zero
+    /// past each row's length.
+    pub(crate) fn outputs<T: Real>(&self, hs: &[T], b: usize, t_len: usize, h: usize) -> Vec<T> {
+        let mut out = vec![T::zero(); b * t_len * h];
+        for t in 0..t_len {
+            for bi in 0..b {
+                if self.live(bi, t) {
+                    let src = ((t + 1) * b + bi) * h;
+                    out[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&hs[src..src + h]);
+                }
+            }
+        }
+        out
+    }
+
+    /// The rows of `dh [B, H]` that are past their length at step t (their gradient passes through the step).
+    pub(crate) fn carry<T: Real>(&self, dh: &[T], t: usize, b: usize, h: usize) -> Vec<(usize, Vec<T>)> {
+        (0..b).filter(|&bi| !self.live(bi, t)).map(|bi| (bi, dh[bi * h..(bi + 1) * h].to_vec())).collect()
+    }
+
+    /// Adds back what [`Lengths::carry`] kept (the GEMM that produced `dh` gave those rows zero).
+    pub(crate) fn add_carry<T: Real>(dh: &mut [T], carry: Vec<(usize, Vec<T>)>, h: usize) {
+        for (bi, row) in carry {
+            for (d, v) in dh[bi * h..(bi + 1) * h].iter_mut().zip(row) {
+                *d += v;
+            }
+        }
+    }
+}
+
 /// The elements a contiguous CPU tensor covers.
 pub(crate) fn slice<'a, T: Real>(
     s: &'a candle_core::CpuStorage,

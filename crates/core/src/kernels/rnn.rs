@@ -6,12 +6,14 @@
 //! Forward, per step: one GEMM into the step's slice of a time-major buffer, then the activation in place.
 //! Backward, per step: the activation's derivative fused with the incoming gradient, and one GEMM
 //! `dh = dpre W_hh`; after the loop `dW_hh` as one GEMM over all steps.
+//!
+//! With `lengths`, row b runs its first `lengths[b]` steps only (see [`Lengths`]).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Mat, Real, matmul, slice};
+use super::{Lengths, Mat, Real, matmul, slice};
 
 pub struct RnnSeq<T: Real> {
     batch: usize,
@@ -19,6 +21,7 @@ pub struct RnnSeq<T: Real> {
     hidden: usize,
     relu: bool,
     keep: bool,
+    lengths: Lengths,
     /// `h` for steps 0..=T, time-major `[T+1, B, H]` (all the backward needs).
     saved: Mutex<Option<Vec<T>>>,
 }
@@ -46,14 +49,13 @@ impl<T: Real> RnnSeq<T> {
             } else {
                 T::tanh_slice(next);
             }
-        }
-        let mut out = vec![T::zero(); b * t_len * h];
-        for t in 0..t_len {
             for bi in 0..b {
-                let src = ((t + 1) * b + bi) * h;
-                out[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&hs[src..src + h]);
+                if !self.lengths.live(bi, t) {
+                    next[bi * h..(bi + 1) * h].copy_from_slice(&h_prev[bi * h..(bi + 1) * h]);
+                }
             }
         }
+        let out = self.lengths.outputs(&hs, b, t_len, h);
         (out, hs)
     }
 
@@ -66,7 +68,11 @@ impl<T: Real> RnnSeq<T> {
         for t in (0..t_len).rev() {
             let h_t = &hs[(t + 1) * b * h..(t + 2) * b * h];
             let d = &mut dpre[t * b * h..(t + 1) * b * h];
+            let carry = self.lengths.carry(&dh, t, b, h);
             for bi in 0..b {
+                if !self.lengths.live(bi, t) {
+                    continue;
+                }
                 for j in 0..h {
                     let k = bi * h + j;
                     let g = dh[k] + dout[(bi * t_len + t) * h + j];
@@ -76,6 +82,7 @@ impl<T: Real> RnnSeq<T> {
             }
             // dh_{t-1} = dpre_t [B, H] x W_hh [H, H]
             matmul(b, h, h, &mut dh, h, false, Mat::rows(d, h), Mat::rows(w, h));
+            Lengths::add_carry(&mut dh, carry, h);
         }
         let mut dw = vec![T::zero(); h * h];
         matmul(h, h, t_len * b, &mut dw, h, false, Mat::rows_t(&dpre, h), Mat::rows(&hs[..t_len * b * h], h));
@@ -138,18 +145,26 @@ impl<T: Real> CustomOp3 for RnnSeq<T> {
     }
 }
 
-/// Runs the fused RNN recurrence on CPU tensors (see the module doc for shapes).
-pub fn rnn_seq(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, relu: bool) -> Result<Tensor> {
+/// Runs the fused RNN recurrence on CPU tensors (see the module doc for shapes), over each row's first
+/// `lengths[b]` steps when given.
+pub fn rnn_seq(
+    xp: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    relu: bool,
+    lengths: Option<Arc<Vec<usize>>>,
+) -> Result<Tensor> {
     let (b, t, h) = xp.dims3()?;
     let keep = xp.track_op() || w_hh.track_op() || h0.track_op();
+    let lengths = Lengths::new(lengths, b, t)?;
     let (xp, w_hh, h0) = (xp.contiguous()?, w_hh.contiguous()?, h0.contiguous()?);
     match xp.dtype() {
         candle_core::DType::F64 => {
-            let op = RnnSeq::<f64> { batch: b, seq_len: t, hidden: h, relu, keep, saved: Mutex::new(None) };
+            let op = RnnSeq::<f64> { batch: b, seq_len: t, hidden: h, relu, keep, lengths, saved: Mutex::new(None) };
             xp.apply_op3(&w_hh, &h0, op)
         }
         _ => {
-            let op = RnnSeq::<f32> { batch: b, seq_len: t, hidden: h, relu, keep, saved: Mutex::new(None) };
+            let op = RnnSeq::<f32> { batch: b, seq_len: t, hidden: h, relu, keep, lengths, saved: Mutex::new(None) };
             xp.apply_op3(&w_hh, &h0, op)
         }
     }

@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 pub struct EmbeddingSpec {
     pub vocab_size: usize,
     pub dim: usize,
+    /// Id 0 is padding at the end of each row: recurrent layers after run each row up to its last non-zero id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mask_zero: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -20,6 +23,7 @@ pub struct EmbeddingSpec {
 pub struct Embedding {
     pub vocab_size: usize,
     pub dim: usize,
+    pub mask_zero: bool,
     weight: usize,
 }
 
@@ -28,7 +32,7 @@ impl Embedding {
         check_positive("embedding", "vocabSize", spec.vocab_size)?;
         check_positive("embedding", "dim", spec.dim)?;
         let weight = b.normal("weight", &[spec.vocab_size, spec.dim])?;
-        Ok(Embedding { vocab_size: spec.vocab_size, dim: spec.dim, weight })
+        Ok(Embedding { vocab_size: spec.vocab_size, dim: spec.dim, mask_zero: spec.mask_zero, weight })
     }
 
     /// `ids`: U32 of any shape, already range-checked.

@@ -19,12 +19,14 @@
 //! On the CPU each direction of each layer is one fused op (see [`crate::kernels`]); on other devices the
 //! recurrence runs as candle ops step by step.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{Builder, ForwardCtx, check_positive, check_rate, dropout};
 use crate::error::{Error, Result};
-use crate::kernels::{gru::gru_seq, lstm::lstm_seq, rnn::rnn_seq};
+use crate::kernels::{gru::gru_seq, lstm::FinalState, lstm::lstm_seq, rnn::rnn_seq};
 
 /// Which recurrent cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,10 @@ pub struct RecurrentSpec {
     pub dropout: f64,
     #[serde(default)]
     pub bidirectional: bool,
+    /// Carry each batch's final state (detached) into the next call as its initial state, for truncated
+    /// backpropagation through time over long streams; `reset_states` clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateful: bool,
     /// `rnn` only: `tanh` (default) or `relu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonlinearity: Option<Nonlinearity>,
@@ -116,8 +122,11 @@ pub struct Recurrent {
     pub return_sequences: bool,
     pub bidirectional: bool,
     pub dropout: f64,
+    pub stateful: bool,
     /// Per layer, per direction (forward first).
     layers: Vec<LayerParams>,
+    /// With `stateful`, the last call's final states, detached (shared by clones of the layer).
+    carried: Arc<Mutex<Option<RecurrentState>>>,
 }
 
 impl Recurrent {
@@ -136,6 +145,12 @@ impl Recurrent {
         check_positive(kind, "hiddenSize", spec.hidden_size)?;
         check_positive(kind, "numLayers", spec.num_layers)?;
         check_rate(&format!("{kind} dropout"), spec.dropout)?;
+        if spec.stateful && spec.bidirectional {
+            return Err(Error::Type(format!(
+                "{kind}: stateful and bidirectional do not go together (the backward direction would start from the \
+                 next batch's end)"
+            )));
+        }
         let h = spec.hidden_size;
         let g = cell.gates() * h;
         let dirs = if spec.bidirectional { 2 } else { 1 };
@@ -161,7 +176,9 @@ impl Recurrent {
             return_sequences: spec.return_sequences,
             bidirectional: spec.bidirectional,
             dropout: spec.dropout,
+            stateful: spec.stateful,
             layers,
+            carried: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -194,9 +211,13 @@ impl Recurrent {
         }
     }
 
+    /// `lengths` (one per row, in `1..=seq_len`): each row's real steps; padded steps past them never change the
+    /// state, their outputs are zero, the backward direction starts at each row's last real step, and the final
+    /// states are taken at each row's length.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
+        lengths: Option<&Arc<Vec<usize>>>,
         state: Option<&RecurrentState>,
         p: &[Tensor],
         ctx: &mut ForwardCtx,
@@ -207,14 +228,37 @@ impl Recurrent {
             return Err(Error::shape(kind, "input", format!("[batch, seqLen >= 1, {}]", self.input_size), dims));
         }
         let (batch, seq_len) = (dims[0], dims[1]);
+        let carried = if self.stateful && state.is_none() { self.carried_state(batch)? } else { None };
+        let state = state.or(carried.as_ref());
         if let Some(s) = state {
             self.check_state(s, batch)?;
         }
+        // With stateful, each layer's final (h, c), detached, for the next call.
+        let mut finals: Vec<(Tensor, Option<Tensor>)> = Vec::new();
+        if let Some(l) = lengths
+            && (l.len() != batch || l.iter().any(|&n| n == 0 || n > seq_len))
+        {
+            return Err(Error::Range(format!(
+                "{kind}: lengths must hold {batch} values (one per row) in 1..={seq_len}, got {:?}",
+                &l[..l.len().min(8)]
+            )));
+        }
+        let len = |b: usize| lengths.map_or(seq_len, |l| l[b]);
         let (hs, dirs) = (self.hidden_size, self.directions());
-        // Reverses the time axis (for the backward direction, and back again).
+        // Picks rows of a [B, T, F] tensor flattened to [B*T, F]: `src(b, t)` is the time step moved to t.
+        let gather = |t: &Tensor, idx: Vec<u32>, out_t: usize| -> Result<Tensor> {
+            let f = t.dim(2)?;
+            let n = idx.len();
+            let picked = t.reshape((batch * seq_len, f))?.index_select(&Tensor::from_vec(idx, n, t.device())?, 0)?;
+            Ok(picked.reshape((batch, out_t, f))?)
+        };
+        // Reverses each row's first len(b) steps (padding stays where it is): for the backward direction, and back.
         let reverse = |t: &Tensor| -> Result<Tensor> {
-            let idx: Vec<u32> = (0..seq_len as u32).rev().collect();
-            Ok(t.index_select(&Tensor::from_vec(idx, seq_len, t.device())?, 1)?)
+            let idx = (0..batch)
+                .flat_map(|b| (0..seq_len).map(move |t| (b, t)))
+                .map(|(b, t)| (b * seq_len + if t < len(b) { len(b) - 1 - t } else { t }) as u32)
+                .collect();
+            gather(t, idx, seq_len)
         };
         let mut input = x.clone();
         for k in 0..self.num_layers {
@@ -226,15 +270,33 @@ impl Recurrent {
                     None => (Tensor::zeros((batch, hs), x.dtype(), x.device())?, None),
                 };
                 let xin = if dir == 1 { reverse(&input)? } else { input.clone() };
-                let seq = self.direction(&self.layers[i], &xin, &h0, c0.as_ref(), p)?;
+                let sink: Option<FinalState> = (self.stateful && self.cell == Cell::Lstm).then(Default::default);
+                let seq = self.direction(&self.layers[i], &xin, (&h0, c0.as_ref()), lengths, sink.clone(), p)?;
+                if self.stateful {
+                    let last_idx = (0..batch).map(|b| (b * seq_len + len(b) - 1) as u32).collect();
+                    let h_n = gather(&seq, last_idx, 1)?.squeeze(1)?.detach();
+                    let c_n = match sink {
+                        Some(s) => {
+                            let v = s.lock().map_err(|_| Error::State(format!("{kind}: poisoned state")))?.take();
+                            let v = v.ok_or_else(|| Error::State(format!("{kind}: the kernel left no cell state")))?;
+                            Some(Tensor::from_vec(v, (batch, hs), x.device())?.to_dtype(x.dtype())?)
+                        }
+                        None => None,
+                    };
+                    finals.push((h_n, c_n));
+                }
                 outs.push(if dir == 1 { reverse(&seq)? } else { seq });
             }
             if k + 1 == self.num_layers {
+                if self.stateful {
+                    self.keep_state(finals)?;
+                }
                 if self.return_sequences {
                     return Ok(if dirs == 2 { Tensor::cat(&outs, 2)? } else { outs.swap_remove(0) });
                 }
-                // Final states: the forward direction's last step, the backward direction's first.
-                let last = outs[0].narrow(1, seq_len - 1, 1)?.squeeze(1)?;
+                // Final states: the forward direction's last real step, the backward direction's first.
+                let last_idx = (0..batch).map(|b| (b * seq_len + len(b) - 1) as u32).collect();
+                let last = gather(&outs[0], last_idx, 1)?.squeeze(1)?;
                 return Ok(if dirs == 2 {
                     Tensor::cat(&[&last, &outs[1].narrow(1, 0, 1)?.squeeze(1)?], 1)?
                 } else {
@@ -247,16 +309,54 @@ impl Recurrent {
         Err(Error::State(format!("{kind}: no layers")))
     }
 
+    /// The state carried from the last call, if any; an error if the batch size changed.
+    fn carried_state(&self, batch: usize) -> Result<Option<RecurrentState>> {
+        let kind = self.cell.type_name();
+        let guard = self.carried.lock().map_err(|_| Error::State(format!("{kind}: poisoned state")))?;
+        match guard.as_ref() {
+            Some(s) if s.h.dim(1)? != batch => Err(Error::Range(format!(
+                "{kind}: a stateful layer carries the state of a batch of {} rows, got {batch}; keep the batch size \
+                 or call resetStates() first",
+                s.h.dim(1)?
+            ))),
+            other => Ok(other.cloned()),
+        }
+    }
+
+    /// Stores this call's final states (per layer and direction) for the next call.
+    fn keep_state(&self, finals: Vec<(Tensor, Option<Tensor>)>) -> Result<()> {
+        let kind = self.cell.type_name();
+        let (hs, cs): (Vec<Tensor>, Vec<Option<Tensor>>) = finals.into_iter().unzip();
+        let h = Tensor::stack(&hs, 0)?;
+        let c = match cs.into_iter().collect::<Option<Vec<_>>>() {
+            Some(cs) if self.cell == Cell::Lstm => Some(Tensor::stack(&cs, 0)?),
+            _ => None,
+        };
+        *self.carried.lock().map_err(|_| Error::State(format!("{kind}: poisoned state")))? =
+            Some(RecurrentState { h, c });
+        Ok(())
+    }
+
+    /// Forgets the carried state: the next call starts from zeros (or its explicit initial state).
+    pub fn reset_states(&self) {
+        if let Ok(mut g) = self.carried.lock() {
+            *g = None;
+        }
+    }
+
     /// One direction of one layer over `x [B, T, in]` from `h0` (and `c0`): `h` for every step `[B, T, H]`.
+    /// With `final_c`, an LSTM also leaves its final cell state there.
     fn direction(
         &self,
         lp: &LayerParams,
         x: &Tensor,
-        h0: &Tensor,
-        c0: Option<&Tensor>,
+        (h0, c0): (&Tensor, Option<&Tensor>),
+        lengths: Option<&Arc<Vec<usize>>>,
+        final_c: Option<FinalState>,
         p: &[Tensor],
     ) -> Result<Tensor> {
         let (batch, seq_len, inp) = x.dims3()?;
+        let (shared, slice) = (lengths.cloned(), lengths.map(|l| l.as_slice()));
         let hs = self.hidden_size;
         let g = self.cell.gates() * hs;
         // The input projection for every step as one GEMM: [batch*seq_len, in] x [in, G*H]. The GRU keeps b_hh
@@ -278,19 +378,28 @@ impl Recurrent {
                     Some(c) => c.clone(),
                     None => h0.zeros_like()?,
                 };
-                if cpu { lstm_seq(&xp, w_hh, &Tensor::cat(&[h0, &c0], 1)?)? } else { lstm_generic(&xp, w_hh, h0, &c0)? }
+                if cpu {
+                    lstm_seq(&xp, w_hh, &Tensor::cat(&[h0, &c0], 1)?, shared, final_c)?
+                } else {
+                    let (out, c_n) = lstm_generic_state(&xp, w_hh, h0, &c0, slice)?;
+                    if let Some(sink) = final_c {
+                        let v = c_n.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                        *sink.lock().map_err(|_| Error::State("lstm: poisoned state".into()))? = Some(v);
+                    }
+                    out
+                }
             }
             Cell::Gru => {
                 if cpu {
                     let w = Tensor::cat(&[w_hh, &p[lp.b_hh].unsqueeze(1)?], 1)?;
-                    gru_seq(&xp, &w, h0)?
+                    gru_seq(&xp, &w, h0, shared)?
                 } else {
-                    gru_generic(&xp, w_hh, &p[lp.b_hh], h0)?
+                    gru_generic(&xp, w_hh, &p[lp.b_hh], h0, slice)?
                 }
             }
             Cell::Rnn(act) => {
                 let relu = act == Nonlinearity::Relu;
-                if cpu { rnn_seq(&xp, w_hh, h0, relu)? } else { rnn_generic(&xp, w_hh, h0, relu)? }
+                if cpu { rnn_seq(&xp, w_hh, h0, relu, shared)? } else { rnn_generic(&xp, w_hh, h0, relu, slice)? }
             }
         })
     }
@@ -299,13 +408,25 @@ impl Recurrent {
 /// The LSTM recurrence from candle's generic ops (about 15 small ops per step, autograd through all of them):
 /// the path on devices without a fused kernel, and the reference the fused kernel is tested against.
 /// `xp [batch, seq_len, 4H]` holds the input projections with both biases; returns `h` for every step.
-pub fn lstm_generic(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<Tensor> {
+pub fn lstm_generic(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, lengths: Option<&[usize]>) -> Result<Tensor> {
+    Ok(lstm_generic_state(xp, w_hh, h0, c0, lengths)?.0)
+}
+
+/// [`lstm_generic`], also returning the final cell state `[B, H]`.
+fn lstm_generic_state(
+    xp: &Tensor,
+    w_hh: &Tensor,
+    h0: &Tensor,
+    c0: &Tensor,
+    lengths: Option<&[usize]>,
+) -> Result<(Tensor, Tensor)> {
     let (_, seq_len, g4) = xp.dims3()?;
     let hs = g4 / 4;
     let w_hh_t = w_hh.t()?;
     let (mut h, mut c) = (h0.clone(), c0.clone());
     let mut outs = Vec::with_capacity(seq_len);
     for t in 0..seq_len {
+        let (h_prev, c_prev) = (h.clone(), c.clone());
         let gates = xp.narrow(1, t, 1)?.squeeze(1)?.add(&h.matmul(&w_hh_t)?)?;
         let i_f = candle_nn::ops::sigmoid(&gates.narrow(1, 0, 2 * hs)?)?;
         let i = i_f.narrow(1, 0, hs)?;
@@ -314,14 +435,39 @@ pub fn lstm_generic(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor) -> Res
         let o = candle_nn::ops::sigmoid(&gates.narrow(1, 3 * hs, hs)?)?;
         c = f.mul(&c)?.add(&i.mul(&g)?)?;
         h = o.mul(&c.tanh()?)?;
-        outs.push(h.clone());
+        match step_mask(lengths, t, &h)? {
+            Some(m) => {
+                outs.push(h.broadcast_mul(&m)?);
+                h = keep_past_length(&h, &h_prev, &m)?;
+                c = keep_past_length(&c, &c_prev, &m)?;
+            }
+            None => outs.push(h.clone()),
+        }
     }
-    Ok(Tensor::stack(&outs, 1)?)
+    Ok((Tensor::stack(&outs, 1)?, c))
+}
+
+/// `[B, 1]`: 1 for the rows still within their length at step `t`, 0 past it (None without lengths).
+fn step_mask(lengths: Option<&[usize]>, t: usize, like: &Tensor) -> Result<Option<Tensor>> {
+    let Some(l) = lengths else { return Ok(None) };
+    let m: Vec<f64> = l.iter().map(|&n| if t < n { 1.0 } else { 0.0 }).collect();
+    Ok(Some(Tensor::from_vec(m, (l.len(), 1), like.device())?.to_dtype(like.dtype())?))
+}
+
+/// `new` where the mask is 1, `old` where it is 0: `old + m * (new - old)`.
+fn keep_past_length(new: &Tensor, old: &Tensor, m: &Tensor) -> Result<Tensor> {
+    Ok(old.add(&new.sub(old)?.broadcast_mul(m)?)?)
 }
 
 /// The GRU recurrence from candle's generic ops. `xp [batch, seq_len, 3H]` holds the input projections with
 /// `b_ih`; `b_hh` is added to the recurrent part.
-pub fn gru_generic(xp: &Tensor, w_hh: &Tensor, b_hh: &Tensor, h0: &Tensor) -> Result<Tensor> {
+pub fn gru_generic(
+    xp: &Tensor,
+    w_hh: &Tensor,
+    b_hh: &Tensor,
+    h0: &Tensor,
+    lengths: Option<&[usize]>,
+) -> Result<Tensor> {
     let (_, seq_len, g3) = xp.dims3()?;
     let hs = g3 / 3;
     let w_hh_t = w_hh.t()?;
@@ -334,23 +480,41 @@ pub fn gru_generic(xp: &Tensor, w_hh: &Tensor, b_hh: &Tensor, h0: &Tensor) -> Re
         let (r, z) = (rz.narrow(1, 0, hs)?, rz.narrow(1, hs, hs)?);
         let n = x.narrow(1, 2 * hs, hs)?.add(&r.mul(&hp.narrow(1, 2 * hs, hs)?)?)?.tanh()?;
         // h' = (1 - z) n + z h = n + z (h - n)
-        h = n.add(&z.mul(&h.sub(&n)?)?)?;
-        outs.push(h.clone());
+        let next = n.add(&z.mul(&h.sub(&n)?)?)?;
+        match step_mask(lengths, t, &next)? {
+            Some(m) => {
+                outs.push(next.broadcast_mul(&m)?);
+                h = keep_past_length(&next, &h, &m)?;
+            }
+            None => {
+                h = next;
+                outs.push(h.clone());
+            }
+        }
     }
     Ok(Tensor::stack(&outs, 1)?)
 }
 
 /// The RNN recurrence from candle's generic ops. `xp [batch, seq_len, H]` holds the input projections with
 /// both biases.
-pub fn rnn_generic(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, relu: bool) -> Result<Tensor> {
+pub fn rnn_generic(xp: &Tensor, w_hh: &Tensor, h0: &Tensor, relu: bool, lengths: Option<&[usize]>) -> Result<Tensor> {
     let seq_len = xp.dim(1)?;
     let w_hh_t = w_hh.t()?;
     let mut h = h0.clone();
     let mut outs = Vec::with_capacity(seq_len);
     for t in 0..seq_len {
         let pre = xp.narrow(1, t, 1)?.squeeze(1)?.add(&h.matmul(&w_hh_t)?)?;
-        h = if relu { pre.relu()? } else { pre.tanh()? };
-        outs.push(h.clone());
+        let next = if relu { pre.relu()? } else { pre.tanh()? };
+        match step_mask(lengths, t, &next)? {
+            Some(m) => {
+                outs.push(next.broadcast_mul(&m)?);
+                h = keep_past_length(&next, &h, &m)?;
+            }
+            None => {
+                h = next;
+                outs.push(h.clone());
+            }
+        }
     }
     Ok(Tensor::stack(&outs, 1)?)
 }

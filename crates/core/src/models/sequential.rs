@@ -4,12 +4,13 @@
 //! own parameter name, e.g. `0.weight`, `1.weight_ih_l0`, so a torch `state_dict` maps onto the model.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::host::HostTensor;
+use crate::host::{HostData, HostTensor};
 use crate::layers::{
     Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerSpec, Params, Recurrent, RecurrentState,
 };
@@ -45,6 +46,20 @@ pub struct SequentialConfig {
     pub seed: u64,
     #[serde(default)]
     pub dtype: Precision,
+}
+
+/// A model input: the batch `x`, and optionally each row's length (an int32 tensor `[batch]`, values in
+/// `1..=seqLen`) for recurrent layers over a padded batch. `&HostTensor` converts into one without lengths.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub x: &'a HostTensor,
+    pub lengths: Option<&'a HostTensor>,
+}
+
+impl<'a> From<&'a HostTensor> for Input<'a> {
+    fn from(x: &'a HostTensor) -> Self {
+        Input { x, lengths: None }
+    }
 }
 
 /// An initial state for one recurrent layer, addressed by its name or index; `c` for an LSTM only.
@@ -251,37 +266,112 @@ impl Sequential {
         Ok(out)
     }
 
+    /// Each row's length: given, or (with a `maskZero` embedding first) one past its last non-zero id.
+    fn lengths(&self, input: Input) -> Result<Option<Arc<Vec<usize>>>> {
+        let x = input.x;
+        let seq_len = match x.shape.get(1) {
+            Some(&t) if x.shape.len() >= 3 || matches!(self.input_flow(), Flow::Ids { .. }) => t,
+            _ if input.lengths.is_some() => {
+                return Err(Error::Type(format!(
+                    "lengths: the input must be a sequence [batch, seqLen, ...] to take lengths, got shape {:?}",
+                    x.shape
+                )));
+            }
+            _ => return Ok(None),
+        };
+        let batch = x.shape[0];
+        if let Some(l) = input.lengths {
+            if l.shape != [batch] {
+                return Err(Error::shape("input", "lengths", format!("[{batch}] (one per row)"), &l.shape));
+            }
+            let HostData::I32(v) = &l.data else {
+                return Err(Error::Type(format!(
+                    "lengths: expected int32 values (an Int32Array), got {} data",
+                    l.data.dtype_name()
+                )));
+            };
+            if let Some((b, &n)) = v.iter().enumerate().find(|&(_, &n)| n < 1 || n as usize > seq_len) {
+                return Err(Error::Range(format!("lengths: row {b} has length {n}; lengths must be in 1..={seq_len}")));
+            }
+            return Ok(Some(Arc::new(v.iter().map(|&n| n as usize).collect())));
+        }
+        let Some(Layer::Embedding(e)) = self.nodes.first().map(|n| &n.layer) else { return Ok(None) };
+        if !e.mask_zero {
+            return Ok(None);
+        }
+        let HostData::I32(ids) = &x.data else { return Ok(None) };
+        let mut out = Vec::with_capacity(batch);
+        for (b, row) in ids.chunks_exact(seq_len.max(1)).enumerate() {
+            match row.iter().rposition(|&id| id != 0) {
+                Some(last) => out.push(last + 1),
+                None => {
+                    return Err(Error::Range(format!(
+                        "x: row {b} is all padding (id 0), which maskZero leaves with no steps"
+                    )));
+                }
+            }
+        }
+        Ok(Some(Arc::new(out)))
+    }
+
+    /// Validated tensors for one call.
+    fn prepare(&self, input: Input, states: &[InitialState]) -> Result<Prepared> {
+        Ok(Prepared { x: self.input_tensor(input.x)?, lengths: self.lengths(input)?, states: self.states(states)? })
+    }
+
     /// Inference: the model's output for `x`, no dropout, no graph kept.
-    pub fn predict(&self, x: &HostTensor, states: &[InitialState]) -> Result<HostTensor> {
-        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
-        HostTensor::from_tensor(&self.trainer.infer(|p, ctx| forward_nodes(&self.nodes, &xt, &st, p, ctx))?)
+    pub fn predict<'a>(&self, x: impl Into<Input<'a>>, states: &[InitialState]) -> Result<HostTensor> {
+        let b = self.prepare(x.into(), states)?;
+        HostTensor::from_tensor(&self.trainer.infer(|p, ctx| forward_nodes(&self.nodes, &b, p, ctx))?)
     }
 
     /// The compiled loss of the model's output (inference mode) against `y`.
-    pub fn evaluate(&self, x: &HostTensor, y: &HostTensor, states: &[InitialState]) -> Result<f64> {
+    pub fn evaluate<'a>(&self, x: impl Into<Input<'a>>, y: &HostTensor, states: &[InitialState]) -> Result<f64> {
+        let x = x.into();
         self.trainer.loss_spec()?;
-        check_batch(x, y)?;
-        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
-        self.trainer.evaluate(y, |p, ctx| forward_nodes(&self.nodes, &xt, &st, p, ctx))
+        check_batch(x.x, y)?;
+        let b = self.prepare(x, states)?;
+        self.trainer.evaluate(y, |p, ctx| forward_nodes(&self.nodes, &b, p, ctx))
     }
 
     /// Loss and gradient of every parameter for one batch in training mode, without an update.
     /// Returns gradients in parameter order (zeros for a parameter the loss does not reach).
-    pub fn gradients(&mut self, x: &HostTensor, y: &HostTensor, states: &[InitialState]) -> Result<(f64, Vec<Tensor>)> {
+    pub fn gradients<'a>(
+        &mut self,
+        x: impl Into<Input<'a>>,
+        y: &HostTensor,
+        states: &[InitialState],
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let x = x.into();
         self.trainer.loss_spec()?;
-        check_batch(x, y)?;
-        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
+        check_batch(x.x, y)?;
+        let b = self.prepare(x, states)?;
         let Sequential { trainer, nodes, .. } = self;
-        trainer.gradients(y, |p, ctx| forward_nodes(nodes, &xt, &st, p, ctx))
+        trainer.gradients(y, |p, ctx| forward_nodes(nodes, &b, p, ctx))
     }
 
     /// One training step: forward, loss, backward, clipping, update.
-    pub fn train_step(&mut self, x: &HostTensor, y: &HostTensor, states: &[InitialState]) -> Result<StepOutput> {
+    pub fn train_step<'a>(
+        &mut self,
+        x: impl Into<Input<'a>>,
+        y: &HostTensor,
+        states: &[InitialState],
+    ) -> Result<StepOutput> {
+        let x = x.into();
         self.trainer.loss_spec()?;
-        check_batch(x, y)?;
-        let (xt, st) = (self.input_tensor(x)?, self.states(states)?);
+        check_batch(x.x, y)?;
+        let b = self.prepare(x, states)?;
         let Sequential { trainer, nodes, .. } = self;
-        trainer.train_step(y, |p, ctx| forward_nodes(nodes, &xt, &st, p, ctx))
+        trainer.train_step(y, |p, ctx| forward_nodes(nodes, &b, p, ctx))
+    }
+
+    /// Clears the state that `stateful` recurrent layers carry from call to call.
+    pub fn reset_states(&self) {
+        for node in &self.nodes {
+            if let Layer::Recurrent(l) = &node.layer {
+                l.reset_states();
+            }
+        }
     }
 
     /// Every parameter, by name, copied to the host.
@@ -362,20 +452,21 @@ impl Sequential {
     }
 }
 
-fn forward_nodes(
-    nodes: &[Node],
-    x: &Tensor,
-    states: &HashMap<usize, RecurrentState>,
-    p: &[Tensor],
-    ctx: &mut ForwardCtx,
-) -> Result<Tensor> {
-    let mut h = x.clone();
+/// One call's validated input.
+struct Prepared {
+    x: Tensor,
+    lengths: Option<Arc<Vec<usize>>>,
+    states: HashMap<usize, RecurrentState>,
+}
+
+fn forward_nodes(nodes: &[Node], b: &Prepared, p: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
+    let mut h = b.x.clone();
     // Layers hold indices into the whole parameter list (see `Builder`), so each gets all of `p`.
     for (i, node) in nodes.iter().enumerate() {
         h = match &node.layer {
             Layer::Embedding(e) => e.forward(&h, p)?,
             Layer::Dense(d) => d.forward(&h, p)?,
-            Layer::Recurrent(l) => l.forward(&h, states.get(&i), p, ctx)?,
+            Layer::Recurrent(l) => l.forward(&h, b.lengths.as_ref(), b.states.get(&i), p, ctx)?,
             Layer::Dropout(d) => d.forward(&h, ctx)?,
         };
     }
