@@ -101,7 +101,7 @@ async function tfjs(backend: 'cpu' | 'wasm', hidden: number, batch: Batch): Prom
 }
 
 /** Points the wasm backend at its binaries and asks it for as many threads as engram gets. */
-async function setUpWasm(threads: number): Promise<string> {
+export async function setUpWasm(threads: number): Promise<string> {
   const require = createRequire(import.meta.url);
   setWasmPaths(`${path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm'))}${path.sep}`);
   setThreadsCount(threads);

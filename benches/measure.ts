@@ -11,7 +11,7 @@ export interface Suite {
   /** What every case computes, for RESULTS.md. */
   description: string;
   /** Times every case under `budget`, logging each as it completes. */
-  run(budget: Budget): Promise<Pick<SuiteReport, 'impls' | 'results'>>;
+  run(budget: Budget): Promise<Pick<SuiteReport, 'impls' | 'results' | 'notes' | 'gemmPeakGflops'>>;
 }
 
 /** How long to time one case. Each phase runs until both its iteration count and its time are reached. */

@@ -20,6 +20,8 @@ export interface CaseResult {
   hidden?: number;
   /** `train`: forward, loss, backward and optimizer update; `infer`: predict. */
   op: 'train' | 'infer';
+  /** GEMM work per call in GFLOP, where the suite counts it. */
+  gflop?: number;
   meanMs: number;
   medianMs: number;
   minMs: number;
@@ -53,6 +55,10 @@ export interface SuiteReport {
   /** How each implementation was set up (versions, backend, threads), by name. */
   impls: Record<string, string>;
   results: CaseResult[];
+  /** Further measurements, one sentence each. */
+  notes?: string[];
+  /** The machine's f32 GEMM peak, GFLOP/s: with `gflop` per case, the table shows engram's share of it. */
+  gemmPeakGflops?: number;
 }
 
 const benchesDir = path.dirname(fileURLToPath(import.meta.url));
@@ -115,8 +121,9 @@ function renderSuite(r: SuiteReport): string[] {
     `- Run ${m.date}; other processes used ${Math.round(m.otherCpu * 100)}% of the cores meanwhile`,
     `- engram commit ${m.commit}, addon ${m.addon}`,
     ...Object.entries(r.impls).map(([name, how]) => `- ${name}: ${how}`),
+    ...(r.notes ?? []).map((n) => `- ${n}`),
     '',
-    ...renderTable(r.results),
+    ...renderTable(r.results, r.gemmPeakGflops),
     '',
     '### Details',
     '',
@@ -131,17 +138,20 @@ function renderSuite(r: SuiteReport): string[] {
 }
 
 /** Rows (op, case) and implementation columns in order of first appearance, the baseline first. */
-function renderTable(results: readonly CaseResult[]): string[] {
+function renderTable(results: readonly CaseResult[], peak?: number): string[] {
   const ops = unique(results.map((c) => c.op));
   const cases = unique(results.map((c) => c.case));
   const peers = unique(results.map((c) => c.impl)).filter((i) => i !== BASELINE);
   const median = (impl: string, op: string, kase: string) =>
     results.find((c) => c.impl === impl && c.op === op && c.case === kase)?.medianMs;
+  const work = (op: string, kase: string) => results.find((c) => c.op === op && c.case === kase && c.gflop !== undefined)?.gflop;
+  const rate = results.some((c) => c.gflop !== undefined);
   const header = [
     'op',
     'case',
     ...[BASELINE, ...peers].map((i) => `${i} ms`),
     ...peers.map((p) => `speed-up vs ${p}`),
+    ...(rate ? [`${BASELINE} GFLOP/s${peak === undefined ? '' : ' (% of GEMM peak)'}`] : []),
   ];
   const lines = [`| ${header.join(' | ')} |`, `| --- | --- | ${header.slice(2).map(() => '--:').join(' | ')} |`];
   for (const op of ops) {
@@ -157,6 +167,11 @@ function renderTable(results: readonly CaseResult[]): string[] {
           return base === undefined || peer === undefined ? '–' : speedUp(peer / base);
         }),
       ];
+      if (rate) {
+        const g = work(op, kase);
+        const perS = g === undefined || base === undefined ? undefined : g / (base / 1000);
+        cells.push(perS === undefined ? '–' : `${perS.toFixed(1)}${peak === undefined ? '' : ` (${Math.round((100 * perS) / peak)}%)`}`);
+      }
       lines.push(`| ${cells.join(' | ')} |`);
     }
   }

@@ -17,10 +17,11 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { lstm } from './lstm.js';
 import { memory } from './memory.js';
+import { recurrent } from './recurrent.js';
 import { fullBudget, quickBudget, type Suite } from './measure.js';
 import { renderMarkdown, writeReport, type Machine, type SuiteReport } from './report.js';
 
-const suites: Suite[] = [lstm, memory];
+const suites: Suite[] = [lstm, recurrent, memory];
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -120,13 +121,15 @@ for (const suite of suites.filter((s) => names.includes(s.name))) {
   const started = performance.now();
   const at = machine();
   const otherCpu = otherCpuMeter();
-  const { impls, results } = await suite.run(budget);
+  const { impls, results, notes, gemmPeakGflops } = await suite.run(budget);
   const report: SuiteReport = {
     suite: suite.name,
     description: suite.description,
     machine: { ...at, otherCpu: otherCpu() },
     impls,
     results,
+    ...(notes === undefined ? {} : { notes }),
+    ...(gemmPeakGflops === undefined ? {} : { gemmPeakGflops }),
   };
   console.log(`${suite.name}: ${((performance.now() - started) / 1000).toFixed(0)} s`);
   const { otherCpu: other, addon: binary } = report.machine;

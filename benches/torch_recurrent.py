@@ -1,0 +1,89 @@
+"""PyTorch CPU peer of the `recurrent` bench suite (benches/recurrent.ts runs it; torch from PyPI).
+
+    python benches/torch_recurrent.py '<json>'
+
+The JSON holds {"threads": N, "budget": {...}, "cases": [{"cell", "hidden", "batch", "op"}, ...]} and the shapes
+below must match recurrent.ts: a one-layer LSTM or GRU (input 64 float features, batch first, last step) ->
+Linear(H, 64) logits, cross-entropy on class ids, Adam (lr 1e-3); seqLen 50; float32. `train` is one step
+(zero_grad, forward, loss, backward, step); `infer` is a forward under no_grad. Prints one JSON object:
+{"torch": version, "threads": N, "results": [{...case, "meanMs", "medianMs", "minMs", "iterations"}]}.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+SEQ_LEN = 50
+INPUT_SIZE = 64
+CLASSES = 64
+LEARNING_RATE = 1e-3
+
+
+class Model(nn.Module):
+    def __init__(self, cell, hidden):
+        super().__init__()
+        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](INPUT_SIZE, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, CLASSES)
+
+    def forward(self, x):
+        seq, _ = self.rnn(x)
+        return self.out(seq[:, -1])
+
+
+def time_case(fn, budget):
+    """Warm up, then time calls until both the iteration count and the time budget are reached."""
+    start = time.perf_counter()
+    n = 0
+    while n < budget["warmupIterations"] or (time.perf_counter() - start) * 1000 < budget["warmupMs"]:
+        fn()
+        n += 1
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < budget["iterations"] or (time.perf_counter() - start) * 1000 < budget["timeMs"]:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {
+        "meanMs": statistics.fmean(samples),
+        "medianMs": statistics.median(samples),
+        "minMs": min(samples),
+        "iterations": len(samples),
+    }
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    results = []
+    for case in spec["cases"]:
+        model = Model(case["cell"], case["hidden"])
+        opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+        loss_fn = nn.CrossEntropyLoss()
+        g = torch.Generator().manual_seed(42)
+        x = torch.rand(case["batch"], SEQ_LEN, INPUT_SIZE, generator=g) * 2 - 1
+        y = torch.randint(0, CLASSES, (case["batch"],), generator=g)
+
+        def train():
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        def infer():
+            with torch.no_grad():
+                return model(x).sum().item()
+
+        timing = time_case(train if case["op"] == "train" else infer, spec["budget"])
+        results.append({**case, **timing})
+        print(f"torch {case}: median {timing['medianMs']:.2f} ms", file=sys.stderr)
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
