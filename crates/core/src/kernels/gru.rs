@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Lengths, Mat, Real, matmul, slice};
+use super::{Inner, Lengths, Mat, Real, matmul, slice};
 
 /// What the backward needs from the forward, time-major.
-struct Saved<T> {
+pub struct Saved<T> {
     /// Gate activations `[T, B, 3H]`: r, z, n.
     gates: Vec<T>,
     /// `h W_hn^T + b_hn` per step, `[T, B, H]` (the part `r` multiplies).
@@ -148,6 +148,28 @@ impl<T: Real> GruSeq<T> {
             dw[j * (h + 1) + h] = db[j];
         }
         (dxp, dw, dh)
+    }
+}
+
+impl<T: Real> GruSeq<T> {
+    /// The recurrence alone, for [`super::projected`].
+    pub(crate) fn inner(batch: usize, seq_len: usize, hidden: usize, lengths: Lengths) -> Self {
+        GruSeq { batch, seq_len, hidden, keep: false, lengths, saved: Mutex::new(None) }
+    }
+}
+
+impl<T: Real> Inner<T> for GruSeq<T> {
+    type Saved = Saved<T>;
+    const GATES: usize = 3;
+    const STATES: usize = 1;
+    const HH_BIAS_INSIDE: bool = true;
+
+    fn run(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
+        self.forward(xp, w, s0)
+    }
+
+    fn grad(&self, s: &Saved<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        self.backward(s, w, dout)
     }
 }
 

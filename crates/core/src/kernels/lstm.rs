@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Lengths, Mat, Real, matmul, slice};
+use super::{Inner, Lengths, Mat, Real, matmul, slice};
 
 /// What the backward needs from the forward, time-major.
-struct Saved<T> {
+pub struct Saved<T> {
     /// Gate activations `[T, B, 4H]`: sigmoid(i), sigmoid(f), tanh(g), sigmoid(o).
     gates: Vec<T>,
     /// `c` for steps 0..=T (`c[0]` is the initial state), `[T+1, B, H]`.
@@ -214,6 +214,33 @@ impl<T: Real> CustomOp3 for LstmSeq<T> {
             Some(Tensor::from_vec(dw, (4 * h, h), dev)?),
             Some(Tensor::from_vec(ds0, (b, 2 * h), dev)?),
         ))
+    }
+}
+
+impl<T: Real> LstmSeq<T> {
+    /// The recurrence alone, for [`super::projected`] (which keeps what the backward needs itself).
+    pub(crate) fn inner(batch: usize, seq_len: usize, hidden: usize, lengths: Lengths) -> Self {
+        LstmSeq { batch, seq_len, hidden, keep: false, lengths, final_c: None, saved: Mutex::new(None) }
+    }
+}
+
+impl<T: Real> Inner<T> for LstmSeq<T> {
+    type Saved = Saved<T>;
+    const GATES: usize = 4;
+    const STATES: usize = 2;
+    const HH_BIAS_INSIDE: bool = false;
+
+    fn run(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
+        self.forward(xp, w, s0)
+    }
+
+    fn grad(&self, s: &Saved<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        self.backward(s, w, dout)
+    }
+
+    fn final_cell(&self, s: &Saved<T>) -> Option<Vec<f64>> {
+        let last = &s.c[self.seq_len * self.batch * self.hidden..];
+        Some(last.iter().map(|x| <T as num_traits::ToPrimitive>::to_f64(x).unwrap_or(f64::NAN)).collect())
     }
 }
 

@@ -3,7 +3,10 @@
 pub mod bag;
 pub mod gru;
 pub mod lstm;
+pub mod projected;
 pub mod rnn;
+
+pub use lstm::FinalState;
 
 use gemm::Parallelism;
 
@@ -75,6 +78,26 @@ pub mod fast {
     #[inline(always)]
     pub fn tanh(x: f32) -> f32 {
         2.0 / (1.0 + exp(-2.0 * x)) - 1.0
+    }
+}
+
+/// A recurrence over precomputed input projections `xp [B, T, G*H]` (batch-major), as [`projected`] drives it.
+pub(crate) trait Inner<T: Real>: Send + Sync + 'static {
+    /// What the backward needs from the forward.
+    type Saved: Send + Sync;
+    /// Gate blocks per step (4, 3, 1).
+    const GATES: usize;
+    /// State blocks in `s0` (2 for an LSTM's h and c).
+    const STATES: usize;
+    /// Whether the recurrent weights carry `b_hh` as an extra column (the GRU) instead of it joining `xp`.
+    const HH_BIAS_INSIDE: bool;
+    /// Returns `h` for every step `[B, T, H]` and what the backward needs.
+    fn run(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Self::Saved);
+    /// Returns (d xp, d w, d s0) for the incoming gradient of the output.
+    fn grad(&self, s: &Self::Saved, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>);
+    /// The final cell state `[B, H]` (an LSTM's; None otherwise).
+    fn final_cell(&self, _s: &Self::Saved) -> Option<Vec<f64>> {
+        None
     }
 }
 

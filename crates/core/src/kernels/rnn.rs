@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Lengths, Mat, Real, matmul, slice};
+use super::{Inner, Lengths, Mat, Real, matmul, slice};
 
 pub struct RnnSeq<T: Real> {
     batch: usize,
@@ -94,6 +94,28 @@ impl<T: Real> RnnSeq<T> {
             }
         }
         (dxp, dw, dh)
+    }
+}
+
+impl<T: Real> RnnSeq<T> {
+    /// The recurrence alone, for [`super::projected`].
+    pub(crate) fn inner(batch: usize, seq_len: usize, hidden: usize, relu: bool, lengths: Lengths) -> Self {
+        RnnSeq { batch, seq_len, hidden, relu, keep: false, lengths, saved: Mutex::new(None) }
+    }
+}
+
+impl<T: Real> Inner<T> for RnnSeq<T> {
+    type Saved = Vec<T>;
+    const GATES: usize = 1;
+    const STATES: usize = 1;
+    const HH_BIAS_INSIDE: bool = false;
+
+    fn run(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Vec<T>) {
+        self.forward(xp, w, s0)
+    }
+
+    fn grad(&self, s: &Vec<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+        self.backward(s, w, dout)
     }
 }
 

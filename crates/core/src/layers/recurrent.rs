@@ -16,8 +16,8 @@
 //! forward direction's last step and, when bidirectional, the backward direction's first (PyTorch's `h_n` of
 //! the last layer). Dropout (training only) applies to the outputs of every layer but the last.
 //!
-//! On the CPU each direction of each layer is one fused op (see [`crate::kernels`]); on other devices the
-//! recurrence runs as candle ops step by step.
+//! On the CPU each direction of each layer is one fused op, input projection included (see
+//! [`crate::kernels::projected`]); on other devices the recurrence runs as candle ops step by step.
 
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Builder, ForwardCtx, check_positive, check_rate, dropout};
 use crate::error::{Error, Result};
-use crate::kernels::{gru::gru_seq, lstm::FinalState, lstm::lstm_seq, rnn::rnn_seq};
+use crate::kernels::FinalState;
+use crate::kernels::projected::{Kind, projected};
 
 /// Which recurrent cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,50 +358,50 @@ impl Recurrent {
     ) -> Result<Tensor> {
         let (batch, seq_len, inp) = x.dims3()?;
         let (shared, slice) = (lengths.cloned(), lengths.map(|l| l.as_slice()));
-        let hs = self.hidden_size;
-        let g = self.cell.gates() * hs;
-        // The input projection for every step as one GEMM: [batch*seq_len, in] x [in, G*H]. The GRU keeps b_hh
-        // apart: its n-gate part sits inside r * (...).
+        if x.device().is_cpu() {
+            // The projection and the recurrence as one op (see kernels::projected).
+            let w = Tensor::cat(&[&p[lp.w_ih], &p[lp.w_hh], &p[lp.b_ih].unsqueeze(1)?, &p[lp.b_hh].unsqueeze(1)?], 1)?;
+            let (kind, s0) = match self.cell {
+                Cell::Lstm => {
+                    let c0 = match c0 {
+                        Some(c) => c.clone(),
+                        None => h0.zeros_like()?,
+                    };
+                    (Kind::Lstm, Tensor::cat(&[h0, &c0], 1)?)
+                }
+                Cell::Gru => (Kind::Gru, h0.clone()),
+                Cell::Rnn(act) => (Kind::Rnn { relu: act == Nonlinearity::Relu }, h0.clone()),
+            };
+            return Ok(projected(kind, x, &w, &s0, shared, final_c)?);
+        }
+        // Elsewhere: the input projection for every step as one GEMM, [batch*seq_len, in] x [in, G*H], then the
+        // recurrence step by step. The GRU keeps b_hh apart: its n-gate part sits inside r * (...).
         let bias = match self.cell {
             Cell::Gru => p[lp.b_ih].clone(),
             _ => p[lp.b_ih].add(&p[lp.b_hh])?,
         };
+        let g = self.cell.gates() * self.hidden_size;
         let xp = x
             .reshape((batch * seq_len, inp))?
             .matmul(&p[lp.w_ih].t()?)?
             .broadcast_add(&bias)?
             .reshape((batch, seq_len, g))?;
         let w_hh = &p[lp.w_hh];
-        let cpu = xp.device().is_cpu();
         Ok(match self.cell {
             Cell::Lstm => {
                 let c0 = match c0 {
                     Some(c) => c.clone(),
                     None => h0.zeros_like()?,
                 };
-                if cpu {
-                    lstm_seq(&xp, w_hh, &Tensor::cat(&[h0, &c0], 1)?, shared, final_c)?
-                } else {
-                    let (out, c_n) = lstm_generic_state(&xp, w_hh, h0, &c0, slice)?;
-                    if let Some(sink) = final_c {
-                        let v = c_n.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-                        *sink.lock().map_err(|_| Error::State("lstm: poisoned state".into()))? = Some(v);
-                    }
-                    out
+                let (out, c_n) = lstm_generic_state(&xp, w_hh, h0, &c0, slice)?;
+                if let Some(sink) = final_c {
+                    let v = c_n.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                    *sink.lock().map_err(|_| Error::State("lstm: poisoned state".into()))? = Some(v);
                 }
+                out
             }
-            Cell::Gru => {
-                if cpu {
-                    let w = Tensor::cat(&[w_hh, &p[lp.b_hh].unsqueeze(1)?], 1)?;
-                    gru_seq(&xp, &w, h0, shared)?
-                } else {
-                    gru_generic(&xp, w_hh, &p[lp.b_hh], h0, slice)?
-                }
-            }
-            Cell::Rnn(act) => {
-                let relu = act == Nonlinearity::Relu;
-                if cpu { rnn_seq(&xp, w_hh, h0, relu, shared)? } else { rnn_generic(&xp, w_hh, h0, relu, slice)? }
-            }
+            Cell::Gru => gru_generic(&xp, w_hh, &p[lp.b_hh], h0, slice)?,
+            Cell::Rnn(act) => rnn_generic(&xp, w_hh, h0, act == Nonlinearity::Relu, slice)?,
         })
     }
 }
