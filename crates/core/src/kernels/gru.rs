@@ -171,6 +171,17 @@ impl<T: Real> Inner<T> for GruSeq<T> {
     fn grad(&self, s: &Saved<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         self.backward(s, w, dout)
     }
+
+    fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        GruSeq {
+            batch: rows.len(),
+            seq_len: self.seq_len,
+            hidden: self.hidden,
+            keep: false,
+            lengths: self.lengths.rows(rows),
+            saved: Mutex::new(None),
+        }
+    }
 }
 
 /// `[3H, H + 1]` into a contiguous `W_hh [3H, H]` and `b_hh [3H]`.

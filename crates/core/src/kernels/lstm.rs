@@ -238,6 +238,18 @@ impl<T: Real> Inner<T> for LstmSeq<T> {
         self.backward(s, w, dout)
     }
 
+    fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        LstmSeq {
+            batch: rows.len(),
+            seq_len: self.seq_len,
+            hidden: self.hidden,
+            keep: false,
+            lengths: self.lengths.rows(rows),
+            final_c: None,
+            saved: Mutex::new(None),
+        }
+    }
+
     fn final_cell(&self, s: &Saved<T>) -> Option<Vec<f64>> {
         let last = &s.c[self.seq_len * self.batch * self.hidden..];
         Some(last.iter().map(|x| <T as num_traits::ToPrimitive>::to_f64(x).unwrap_or(f64::NAN)).collect())

@@ -99,6 +99,8 @@ pub(crate) trait Inner<T: Real>: Send + Sync + 'static {
     fn final_cell(&self, _s: &Self::Saved) -> Option<Vec<f64>> {
         None
     }
+    /// The same recurrence over batch rows `rows` only.
+    fn rows(&self, rows: std::ops::Range<usize>) -> Self;
 }
 
 /// Per-row sequence lengths of a padded batch, for the recurrent kernels: row b is live at step t when
@@ -116,6 +118,11 @@ impl Lengths {
             candle_core::bail!("kernel: lengths must be {batch} values in 1..={seq_len}, got {l:?}");
         }
         Ok(Lengths(lengths))
+    }
+
+    /// The lengths of batch rows `rows`.
+    pub(crate) fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        Lengths(self.0.as_ref().map(|l| std::sync::Arc::new(l[rows].to_vec())))
     }
 
     #[inline]
@@ -166,7 +173,23 @@ pub(crate) fn slice<'a, T: Real>(
     }
 }
 
+thread_local! {
+    /// Set while a kernel runs one slice of a batch on a worker thread: its GEMMs then stay on that thread.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's GEMMs kept serial (see [`SERIAL`]).
+pub(crate) fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let before = SERIAL.with(|s| s.replace(true));
+    let out = f();
+    SERIAL.with(|s| s.set(before));
+    out
+}
+
 pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    if SERIAL.with(|s| s.get()) {
+        return Parallelism::None;
+    }
     let threads = candle_core::utils::get_num_threads();
     // Below this much work per GEMM, waking other threads costs more than it saves.
     if threads > 1 && m * n * k >= 48 * 48 * 48 { Parallelism::Rayon(threads) } else { Parallelism::None }

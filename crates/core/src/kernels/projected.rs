@@ -25,7 +25,8 @@ pub(crate) struct Projected<T: Real, K: Inner<T>> {
     hidden: usize,
     keep: bool,
     final_c: Option<FinalState>,
-    saved: Mutex<Option<K::Saved>>,
+    /// Per slice of the batch (see [`Projected::slices`]).
+    saved: Mutex<Option<Vec<K::Saved>>>,
 }
 
 /// `w [G*H, In + H + 2]` split into `W_ih [G*H, In]`, the recurrence's weights (`W_hh [G*H, H]`, with `b_hh` as
@@ -37,6 +38,24 @@ struct Split<T> {
 }
 
 impl<T: Real, K: Inner<T>> Projected<T, K> {
+    /// The batch cut into one slice per thread: rows of a batch are independent through the whole recurrence,
+    /// so each slice runs on its own thread with serial GEMMs, with no synchronisation per step. A batch of
+    /// one row runs as one slice whose GEMMs may use every thread.
+    fn slices(&self) -> Vec<std::ops::Range<usize>> {
+        let n = rayon::current_num_threads().min(self.batch).max(1);
+        (0..n).map(|i| (i * self.batch / n)..((i + 1) * self.batch / n)).collect()
+    }
+
+    /// Runs `f` on every slice, in parallel when there are several, and returns the results in slice order.
+    fn each<R: Send>(&self, f: impl Fn(std::ops::Range<usize>) -> R + Sync) -> Vec<R> {
+        let slices = self.slices();
+        if slices.len() == 1 {
+            return slices.into_iter().map(&f).collect();
+        }
+        use rayon::prelude::*;
+        slices.into_par_iter().map(|r| super::serial(|| f(r))).collect()
+    }
+
     fn split(&self, w: &[T]) -> Split<T> {
         let (inp, h) = (self.input, self.hidden);
         let cols = inp + h + 2;
@@ -93,10 +112,25 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
         }
         let w = self.split(slice(s2, l2, "w")?);
         let xp = self.project(slice(s1, l1, "x")?, &w);
-        let (out, saved) = self.inner.run(&xp, &w.w_rec, slice(s3, l3, "s0")?);
+        let s0 = slice(s3, l3, "s0")?;
+        let (g, sw) = (K::GATES * h, K::STATES * h);
+        let parts = self.each(|r| {
+            let inner = self.inner.rows(r.clone());
+            inner.run(&xp[r.start * t * g..r.end * t * g], &w.w_rec, &s0[r.start * sw..r.end * sw])
+        });
+        let mut out = Vec::with_capacity(b * t * h);
+        let mut saved = Vec::with_capacity(parts.len());
+        for (o, sv) in parts {
+            out.extend_from_slice(&o);
+            saved.push(sv);
+        }
         if let Some(sink) = &self.final_c {
+            let mut cells = Vec::with_capacity(b * h);
+            for (r, sv) in self.slices().into_iter().zip(&saved) {
+                cells.extend(self.inner.rows(r).final_cell(sv).unwrap_or_default());
+            }
             *sink.lock().map_err(|_| candle_core::Error::Msg("recurrent kernel: poisoned".into()))? =
-                self.inner.final_cell(&saved);
+                (!cells.is_empty()).then_some(cells);
         }
         if self.keep {
             *self.saved.lock().map_err(|_| candle_core::Error::Msg("recurrent kernel: poisoned".into()))? = Some(saved);
@@ -120,7 +154,25 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
         let (rows, g) = (b * t, K::GATES * h);
         let split = self.split(&w.flatten_all()?.to_vec1::<T>()?);
         let dout = grad.flatten_all()?.to_vec1::<T>()?;
-        let (dxp, dw_rec, ds0) = self.inner.grad(saved, &split.w_rec, &dout);
+        let slices = self.slices();
+        let parts = self.each(|r| {
+            let i = slices.iter().position(|s| *s == r).unwrap_or(0);
+            self.inner.rows(r.clone()).grad(&saved[i], &split.w_rec, &dout[r.start * t * h..r.end * t * h])
+        });
+        let mut dxp = Vec::with_capacity(rows * g);
+        let mut ds0 = Vec::with_capacity(b * K::STATES * h);
+        let mut dw_rec: Vec<T> = Vec::new();
+        for (dx_c, dw_c, ds_c) in parts {
+            dxp.extend_from_slice(&dx_c);
+            ds0.extend_from_slice(&ds_c);
+            if dw_rec.is_empty() {
+                dw_rec = dw_c;
+            } else {
+                for (a, v) in dw_rec.iter_mut().zip(dw_c) {
+                    *a += v;
+                }
+            }
+        }
         let xs = x.flatten_all()?.to_vec1::<T>()?;
         // dW_ih = dxp^T [G*H, B*T] x x [B*T, In]
         let mut dw_ih = vec![T::zero(); g * inp];

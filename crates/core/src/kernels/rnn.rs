@@ -117,6 +117,18 @@ impl<T: Real> Inner<T> for RnnSeq<T> {
     fn grad(&self, s: &Vec<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         self.backward(s, w, dout)
     }
+
+    fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        RnnSeq {
+            batch: rows.len(),
+            seq_len: self.seq_len,
+            hidden: self.hidden,
+            relu: self.relu,
+            keep: false,
+            lengths: self.lengths.rows(rows),
+            saved: Mutex::new(None),
+        }
+    }
 }
 
 impl<T: Real> CustomOp3 for RnnSeq<T> {
