@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Inner, Lengths, Mat, Real, matmul, slice};
+use super::{Inner, Lengths, Mat, Real, matmul, slice, transpose};
 
 /// What the backward needs from the forward, time-major.
 pub struct Saved<T> {
@@ -45,6 +45,8 @@ impl<T: Real> GruSeq<T> {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g3 = 3 * h;
         let (w_hh, b_hh) = split_weights(w, h);
+        // W_hh^T [H, 3H] row-major, once per call (see `transpose`).
+        let wt = transpose(&w_hh, g3, h);
         let mut gates = vec![T::zero(); t_len * b * g3];
         let mut hns = vec![T::zero(); t_len * b * h];
         let mut hs = vec![T::zero(); (t_len + 1) * b * h];
@@ -54,7 +56,7 @@ impl<T: Real> GruSeq<T> {
             let (h_done, h_rest) = hs.split_at_mut((t + 1) * b * h);
             let h_prev = &h_done[t * b * h..];
             // hp = h_{t-1} [B, H] x W_hh^T [H, 3H], then + b_hh per row.
-            matmul(b, g3, h, &mut hp, g3, false, Mat::rows(h_prev, h), Mat::rows_t(&w_hh, h));
+            matmul(b, g3, h, &mut hp, g3, false, Mat::rows(h_prev, h), Mat::rows(&wt, g3));
             let h_next = &mut h_rest[..b * h];
             for bi in 0..b {
                 let x = &xp[(bi * t_len + t) * g3..(bi * t_len + t + 1) * g3];
@@ -185,7 +187,7 @@ impl<T: Real> Inner<T> for GruSeq<T> {
 }
 
 /// `[3H, H + 1]` into a contiguous `W_hh [3H, H]` and `b_hh [3H]`.
-fn split_weights<T: Real>(w: &[T], h: usize) -> (Vec<T>, Vec<T>) {
+pub(crate) fn split_weights<T: Real>(w: &[T], h: usize) -> (Vec<T>, Vec<T>) {
     let mut w_hh = Vec::with_capacity(3 * h * h);
     let mut b_hh = Vec::with_capacity(3 * h);
     for row in w.chunks_exact(h + 1) {

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Inner, Lengths, Mat, Real, matmul, slice};
+use super::gru::split_weights;
+use super::{Inner, Lengths, Mat, Real, matmul, slice, transpose};
 
 /// What the backward needs from the forward, time-major.
 pub struct Saved<T> {
@@ -37,6 +38,9 @@ pub struct LstmSeq<T: Real> {
     /// Keep activations for a backward (only when the inputs are tracked by autograd).
     keep: bool,
     lengths: Lengths,
+    /// `w` is `[4H, H + 1]`, `W_hh` with `b_hh` as a last column, and `xp` holds `b_ih` only: the recurrent
+    /// part is `h W_hh^T + b_hh` as PyTorch adds it (same rounding). Otherwise `w` is `W_hh` and `xp` holds both.
+    hh_bias: bool,
     /// Receives the final cell state `[B, H]` (as f64) when the caller carries state across batches.
     final_c: Option<FinalState>,
     saved: Mutex<Option<Saved<T>>>,
@@ -49,14 +53,12 @@ impl<T: Real> LstmSeq<T> {
     fn forward(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
-        // Time-major copy of the projections; the recurrent GEMM accumulates into it in place.
+        // Gate activations, time-major (what the backward reads); each step's recurrent GEMM goes to `hp`.
         let mut gates = vec![T::zero(); t_len * b * g4];
-        for bi in 0..b {
-            for t in 0..t_len {
-                let src = (bi * t_len + t) * g4;
-                gates[(t * b + bi) * g4..(t * b + bi + 1) * g4].copy_from_slice(&xp[src..src + g4]);
-            }
-        }
+        let mut hp = vec![T::zero(); b * g4];
+        let (w_hh, b_hh) = if self.hh_bias { split_weights(w, h) } else { (w.to_vec(), vec![T::zero(); g4]) };
+        // W_hh^T [H, 4H] row-major, once per call (see `transpose`).
+        let wt = transpose(&w_hh, g4, h);
         let mut hs = vec![T::zero(); (t_len + 1) * b * h];
         let mut cs = vec![T::zero(); (t_len + 1) * b * h];
         let mut tcs = vec![T::zero(); t_len * b * h];
@@ -68,8 +70,15 @@ impl<T: Real> LstmSeq<T> {
             let (h_done, h_rest) = hs.split_at_mut((t + 1) * b * h);
             let h_prev = &h_done[t * b * h..];
             let g = &mut gates[t * b * g4..(t + 1) * b * g4];
-            // gates_t += h_{t-1} [B, H] x W_hh^T [H, 4H]
-            matmul(b, g4, h, g, g4, true, Mat::rows(h_prev, h), Mat::rows_t(w, h));
+            // hp = h_{t-1} [B, H] x W_hh^T [H, 4H]; gates_t = xp_t + hp.
+            matmul(b, g4, h, &mut hp, g4, false, Mat::rows(h_prev, h), Mat::rows(&wt, g4));
+            for bi in 0..b {
+                let x = &xp[(bi * t_len + t) * g4..(bi * t_len + t + 1) * g4];
+                let dst = &mut g[bi * g4..(bi + 1) * g4];
+                for (((d, &a), &c), &bias) in dst.iter_mut().zip(x).zip(&hp[bi * g4..(bi + 1) * g4]).zip(&b_hh) {
+                    *d = a + (c + bias);
+                }
+            }
             let (c_done, c_rest) = cs.split_at_mut((t + 1) * b * h);
             let c_prev = &c_done[t * b * h..];
             let c_next = &mut c_rest[..b * h];
@@ -112,6 +121,8 @@ impl<T: Real> LstmSeq<T> {
     fn backward(&self, s: &Saved<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
+        let w_hh = if self.hh_bias { split_weights(w, h).0 } else { w.to_vec() };
+        let w = &w_hh[..];
         let mut dgates = vec![T::zero(); t_len * b * g4];
         let mut dh = vec![T::zero(); b * h];
         let mut dc = vec![T::zero(); b * h];
@@ -148,6 +159,21 @@ impl<T: Real> LstmSeq<T> {
         // dW_hh = sum_t dgates_t^T h_{t-1}: [4H, T*B] x [T*B, H] in one GEMM.
         let mut dw = vec![T::zero(); g4 * h];
         matmul(g4, h, t_len * b, &mut dw, h, false, Mat::rows_t(&dgates, g4), Mat::rows(&s.h[..t_len * b * h], h));
+        if self.hh_bias {
+            // db_hh = column sums of dgates, as the last column of dw.
+            let mut db = vec![T::zero(); g4];
+            for row in dgates.chunks_exact(g4) {
+                for (d, &v) in db.iter_mut().zip(row) {
+                    *d += v;
+                }
+            }
+            let mut full = Vec::with_capacity(g4 * (h + 1));
+            for (j, row) in dw.chunks_exact(h).enumerate() {
+                full.extend_from_slice(row);
+                full.push(db[j]);
+            }
+            dw = full;
+        }
         let mut dxp = vec![T::zero(); b * t_len * g4];
         for t in 0..t_len {
             for bi in 0..b {
@@ -220,7 +246,7 @@ impl<T: Real> CustomOp3 for LstmSeq<T> {
 impl<T: Real> LstmSeq<T> {
     /// The recurrence alone, for [`super::projected`] (which keeps what the backward needs itself).
     pub(crate) fn inner(batch: usize, seq_len: usize, hidden: usize, lengths: Lengths) -> Self {
-        LstmSeq { batch, seq_len, hidden, keep: false, lengths, final_c: None, saved: Mutex::new(None) }
+        LstmSeq { batch, seq_len, hidden, keep: false, lengths, hh_bias: true, final_c: None, saved: Mutex::new(None) }
     }
 }
 
@@ -228,7 +254,7 @@ impl<T: Real> Inner<T> for LstmSeq<T> {
     type Saved = Saved<T>;
     const GATES: usize = 4;
     const STATES: usize = 2;
-    const HH_BIAS_INSIDE: bool = false;
+    const HH_BIAS_INSIDE: bool = true;
 
     fn run(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
         self.forward(xp, w, s0)
@@ -245,6 +271,7 @@ impl<T: Real> Inner<T> for LstmSeq<T> {
             hidden: self.hidden,
             keep: false,
             lengths: self.lengths.rows(rows),
+            hh_bias: self.hh_bias,
             final_c: None,
             saved: Mutex::new(None),
         }
@@ -272,13 +299,29 @@ pub fn lstm_seq(
     let (xp, w_hh, s0) = (xp.contiguous()?, w_hh.contiguous()?, s0.contiguous()?);
     match xp.dtype() {
         candle_core::DType::F64 => {
-            let op =
-                LstmSeq::<f64> { batch: b, seq_len: t, hidden: h, keep, lengths, final_c, saved: Mutex::new(None) };
+            let op = LstmSeq::<f64> {
+                batch: b,
+                seq_len: t,
+                hidden: h,
+                keep,
+                lengths,
+                hh_bias: false,
+                final_c,
+                saved: Mutex::new(None),
+            };
             xp.apply_op3(&w_hh, &s0, op)
         }
         _ => {
-            let op =
-                LstmSeq::<f32> { batch: b, seq_len: t, hidden: h, keep, lengths, final_c, saved: Mutex::new(None) };
+            let op = LstmSeq::<f32> {
+                batch: b,
+                seq_len: t,
+                hidden: h,
+                keep,
+                lengths,
+                hh_bias: false,
+                final_c,
+                saved: Mutex::new(None),
+            };
             xp.apply_op3(&w_hh, &s0, op)
         }
     }

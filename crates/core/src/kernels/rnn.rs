@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Inner, Lengths, Mat, Real, matmul, slice};
+use super::{Inner, Lengths, Mat, Real, matmul, slice, transpose};
 
 pub struct RnnSeq<T: Real> {
     batch: usize,
@@ -29,6 +29,8 @@ pub struct RnnSeq<T: Real> {
 impl<T: Real> RnnSeq<T> {
     fn forward(&self, xp: &[T], w: &[T], h0: &[T]) -> (Vec<T>, Vec<T>) {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
+        // W_hh^T row-major, once per call (see `transpose`).
+        let wt = transpose(w, h, h);
         let mut hs = vec![T::zero(); (t_len + 1) * b * h];
         hs[..b * h].copy_from_slice(h0);
         for t in 0..t_len {
@@ -39,7 +41,7 @@ impl<T: Real> RnnSeq<T> {
                 next[bi * h..(bi + 1) * h].copy_from_slice(&xp[(bi * t_len + t) * h..(bi * t_len + t + 1) * h]);
             }
             // next += h_{t-1} [B, H] x W_hh^T [H, H]
-            matmul(b, h, h, next, h, true, Mat::rows(h_prev, h), Mat::rows_t(w, h));
+            matmul(b, h, h, next, h, true, Mat::rows(h_prev, h), Mat::rows(&wt, h));
             if self.relu {
                 for v in next.iter_mut() {
                     if *v < T::zero() {
