@@ -173,3 +173,90 @@ fn weighted_bag_matches_gather_multiply_sum_forward_and_backward() {
     let d = max_abs_diff(gf.get(e.as_tensor()).unwrap(), gg.get(e.as_tensor()).unwrap());
     assert!(d < 1e-12, "gradient differs by {d}");
 }
+
+/// The whole-direction op (input projection inside) against candle's matmul plus the generic recurrence:
+/// forward and every gradient, x's included, with and without padding.
+#[test]
+fn projected_op_matches_projection_plus_generic_recurrence() {
+    use engram_core::kernels::projected::{Kind as P, projected};
+    for (kind, pk) in [
+        (Kind::Lstm, P::Lstm),
+        (Kind::Gru, P::Gru),
+        (Kind::RnnTanh, P::Rnn { relu: false }),
+        (Kind::RnnRelu, P::Rnn { relu: true }),
+    ] {
+        for pad in [false, true] {
+            let (b, t, inp, h) = (3, 5, 4, 6);
+            let g = match kind {
+                Kind::Lstm => 4,
+                Kind::Gru => 3,
+                _ => 1,
+            };
+            let mut rng = Rng::new(11);
+            let var = |x: Tensor| candle_core::Var::from_tensor(&x).unwrap();
+            let x = var(random(&mut rng, &[b, t, inp], 1.0));
+            let w_ih = var(random(&mut rng, &[g * h, inp], 0.5));
+            let w_hh = var(random(&mut rng, &[g * h, h], 0.5));
+            let b_ih = var(random(&mut rng, &[g * h], 0.5));
+            let b_hh = var(random(&mut rng, &[g * h], 0.5));
+            let states = if kind == Kind::Lstm { 2 } else { 1 };
+            let s0 = var(random(&mut rng, &[b, states * h], 0.8));
+            let read = random(&mut rng, &[b, t, h], 1.0);
+            let lengths: Option<Vec<usize>> = pad.then(|| vec![5, 3, 1]);
+            let relu = kind == Kind::RnnRelu;
+            let fused = || {
+                let w = Tensor::cat(
+                    &[
+                        w_ih.as_tensor(),
+                        w_hh.as_tensor(),
+                        &b_ih.as_tensor().unsqueeze(1).unwrap(),
+                        &b_hh.as_tensor().unsqueeze(1).unwrap(),
+                    ],
+                    1,
+                )
+                .unwrap();
+                projected(pk, x.as_tensor(), &w, s0.as_tensor(), lengths.clone().map(Arc::new), None).unwrap()
+            };
+            let generic = || {
+                let bias = if kind == Kind::Gru {
+                    b_ih.as_tensor().clone()
+                } else {
+                    b_ih.as_tensor().add(b_hh.as_tensor()).unwrap()
+                };
+                let xp = x
+                    .as_tensor()
+                    .reshape((b * t, inp))
+                    .unwrap()
+                    .matmul(&w_ih.as_tensor().t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&bias)
+                    .unwrap()
+                    .reshape((b, t, g * h))
+                    .unwrap();
+                let l = lengths.as_deref();
+                let s = s0.as_tensor();
+                match kind {
+                    Kind::Lstm => {
+                        lstm_generic(&xp, w_hh.as_tensor(), &s.narrow(1, 0, h).unwrap(), &s.narrow(1, h, h).unwrap(), l)
+                    }
+                    Kind::Gru => gru_generic(&xp, w_hh.as_tensor(), b_hh.as_tensor(), s, l),
+                    _ => rnn_generic(&xp, w_hh.as_tensor(), s, relu, l),
+                }
+                .unwrap()
+            };
+            let (of, og) = (fused(), generic());
+            assert!(max_abs_diff(&of, &og) < 1e-12, "{kind:?} pad={pad}: outputs differ");
+            let gf = of.mul(&read).unwrap().sum_all().unwrap().backward().unwrap();
+            let gg = og.mul(&read).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in
+                [("x", &x), ("w_ih", &w_ih), ("w_hh", &w_hh), ("b_ih", &b_ih), ("b_hh", &b_hh), ("s0", &s0)]
+            {
+                let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: fused gives no gradient for {name}"));
+                let e =
+                    gg.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: generic gives no gradient for {name}"));
+                let d = max_abs_diff(a, e);
+                assert!(d < 1e-11, "{kind:?} pad={pad}: {name} gradient differs by {d}");
+            }
+        }
+    }
+}
