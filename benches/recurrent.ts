@@ -11,46 +11,39 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
+import { getThreadsCount, setThreadsCount, setWasmPaths, version_wasm } from '@tensorflow/tfjs-backend-wasm';
+import { seededRandom } from '../src/batching.js';
 import { layers, optimizers, sequential, tensor } from '../src/index.js';
-import { setUpWasm } from './lstm.js';
 import { timeCase, type Budget, type Suite } from './measure.js';
 import type { CaseResult } from './report.js';
 
-const SEQ_LEN = 50;
-const INPUT_SIZE = 64;
-const CLASSES = 64;
-const LEARNING_RATE = 1e-3;
+export const SEQ_LEN = 50;
+export const INPUT_SIZE = 64;
+export const CLASSES = 64;
+export const LEARNING_RATE = 1e-3;
 const CELLS = ['lstm', 'gru'] as const;
 const HIDDEN_SIZES = [128, 256, 512];
 const BATCHES = [32, 1];
 /** tfjs's cpu backend is plain JavaScript: beyond this hidden size one step takes minutes. */
 const TFJS_CPU_MAX_HIDDEN = 256;
 
-type Cell = (typeof CELLS)[number];
+export type Cell = (typeof CELLS)[number];
 type Op = 'train' | 'infer';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-interface Subject {
+/** One implementation's model, compiled and holding its copy of the batch. */
+export interface Subject {
   train(): Promise<unknown>;
   infer(): Promise<unknown>;
   dispose(): void;
 }
 
-/** Mulberry32, so every implementation sees the same batch. */
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), s | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
+/** The same batch for every implementation: seeded, `[batch, SEQ_LEN, INPUT_SIZE]` in [-1, 1) and class ids. */
 function batchData(batch: number) {
-  const rand = random(42);
+  const rand = seededRandom(42);
   return {
     x: Float32Array.from({ length: batch * SEQ_LEN * INPUT_SIZE }, () => rand() * 2 - 1),
     y: Int32Array.from({ length: batch }, () => Math.floor(rand() * CLASSES)),
@@ -64,7 +57,7 @@ function gflop(cell: Cell, hidden: number, batch: number, op: Op): number {
   return ((op === 'train' ? 3 : 1) * forward) / 1e9;
 }
 
-function engram(cell: Cell, hidden: number, batch: number): Subject {
+export function engram(cell: Cell, hidden: number, batch: number): Subject {
   const model = sequential([layers[cell]({ inputSize: INPUT_SIZE, hiddenSize: hidden }), layers.dense({ units: CLASSES })], { seed: 1 });
   model.compile({ optimizer: optimizers.adam({ learningRate: LEARNING_RATE }), loss: 'crossEntropy' });
   const d = batchData(batch);
@@ -73,7 +66,7 @@ function engram(cell: Cell, hidden: number, batch: number): Subject {
   return { train: () => model.trainStep(x, y), infer: () => model.predict(x), dispose: () => model.dispose() };
 }
 
-async function tfjs(backend: 'cpu' | 'wasm', cell: Cell, hidden: number, batch: number): Promise<Subject> {
+export async function tfjs(backend: 'cpu' | 'wasm', cell: Cell, hidden: number, batch: number): Promise<Subject> {
   if (!(await tf.setBackend(backend))) throw new Error(`tfjs: the ${backend} backend failed to initialise`);
   // The default orthogonal recurrent initializer runs a QR decomposition that takes minutes on the cpu backend.
   const rnn = { units: hidden, inputShape: [SEQ_LEN, INPUT_SIZE], recurrentInitializer: 'glorotUniform' as const };
@@ -193,6 +186,21 @@ function longSequenceRss(): number | undefined {
     console.warn(`peak RSS not measured: ${(e as Error).message}`);
     return undefined;
   }
+}
+
+/** Points the wasm backend at its binaries and asks it for as many threads as engram gets. */
+export async function setUpWasm(threads: number): Promise<string> {
+  const require = createRequire(import.meta.url);
+  setWasmPaths(`${path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm'))}${path.sep}`);
+  setThreadsCount(threads);
+  if (!(await tf.setBackend('wasm'))) throw new Error('tfjs: the wasm backend failed to initialise');
+  const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
+  const multithread = await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT');
+  const used = getThreadsCount();
+  return (
+    `@tensorflow/tfjs-backend-wasm ${version_wasm}, SIMD ${simd ? 'on' : 'off'}, ${used} thread${used === 1 ? '' : 's'}` +
+    (multithread ? '' : ` (asked for ${threads}; WASM_HAS_MULTITHREAD_SUPPORT is false in Node, so it runs one)`)
+  );
 }
 
 export const recurrent: Suite = {
