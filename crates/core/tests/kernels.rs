@@ -1,7 +1,9 @@
-//! The fused recurrent kernels (LSTM, GRU, RNN) against the generic candle-ops recurrences and against finite
-//! differences, in f64; the fused weighted bag against gather-multiply-sum.
+//! The fused recurrent op (a whole LSTM, GRU or RNN direction: input projection and recurrence) against
+//! candle's matmul plus the generic candle-ops recurrences and against finite differences, in f64; the fused
+//! weighted bag against gather-multiply-sum.
 
-use engram_core::kernels::{gru::gru_seq, lstm::lstm_seq, rnn::rnn_seq};
+use candle_core::Var;
+use engram_core::kernels::projected::{Kind as P, projected};
 use engram_core::layers::recurrent::{gru_generic, lstm_generic, rnn_generic};
 use engram_core::{Device, Rng, Tensor};
 use std::sync::Arc;
@@ -26,91 +28,143 @@ enum Kind {
 
 const KINDS: [Kind; 4] = [Kind::Lstm, Kind::Gru, Kind::RnnTanh, Kind::RnnRelu];
 
+impl Kind {
+    fn gates(self) -> usize {
+        match self {
+            Kind::Lstm => 4,
+            Kind::Gru => 3,
+            _ => 1,
+        }
+    }
+
+    fn op(self) -> P {
+        match self {
+            Kind::Lstm => P::Lstm,
+            Kind::Gru => P::Gru,
+            Kind::RnnTanh => P::Rnn { relu: false },
+            Kind::RnnRelu => P::Rnn { relu: true },
+        }
+    }
+}
+
+/// One layer direction's inputs and parameters, and a random linear read-out of its output (so every output
+/// element matters to the loss).
 struct Case {
     kind: Kind,
-    xp: candle_core::Var,
-    w: candle_core::Var,
-    /// The GRU's b_hh (the others fold it into xp).
-    b: candle_core::Var,
-    h0: candle_core::Var,
-    /// The LSTM's c0.
-    c0: candle_core::Var,
-    weights: Tensor,
+    dims: (usize, usize, usize, usize),
+    x: Var,
+    w_ih: Var,
+    w_hh: Var,
+    b_ih: Var,
+    b_hh: Var,
+    /// `h0`, and the LSTM's `c0` beside it.
+    s0: Var,
+    read: Tensor,
     lengths: Option<Vec<usize>>,
 }
 
-fn case(kind: Kind, b: usize, t: usize, h: usize, seed: u64) -> Case {
-    let g = match kind {
-        Kind::Lstm => 4,
-        Kind::Gru => 3,
-        _ => 1,
-    };
+fn case(kind: Kind, (b, t, inp, h): (usize, usize, usize, usize), seed: u64) -> Case {
+    let g = kind.gates();
     let mut rng = Rng::new(seed);
-    let var = |x: Tensor| candle_core::Var::from_tensor(&x).unwrap();
+    let var = |x: Tensor| Var::from_tensor(&x).unwrap();
+    let states = if kind == Kind::Lstm { 2 } else { 1 };
     Case {
         kind,
-        xp: var(random(&mut rng, &[b, t, g * h], 1.5)),
-        w: var(random(&mut rng, &[g * h, h], 0.5)),
-        b: var(random(&mut rng, &[g * h], 0.5)),
-        h0: var(random(&mut rng, &[b, h], 0.8)),
-        c0: var(random(&mut rng, &[b, h], 0.8)),
-        // A random linear read-out makes every output element matter to the loss.
-        weights: random(&mut rng, &[b, t, h], 1.0),
+        dims: (b, t, inp, h),
+        x: var(random(&mut rng, &[b, t, inp], 1.0)),
+        w_ih: var(random(&mut rng, &[g * h, inp], 0.6)),
+        w_hh: var(random(&mut rng, &[g * h, h], 0.5)),
+        b_ih: var(random(&mut rng, &[g * h], 0.5)),
+        b_hh: var(random(&mut rng, &[g * h], 0.5)),
+        s0: var(random(&mut rng, &[b, states * h], 0.8)),
+        read: random(&mut rng, &[b, t, h], 1.0),
         lengths: None,
     }
 }
 
 /// The same case over a padded batch: row i runs `t - i % t` steps (the first row all of them).
-fn padded(kind: Kind, b: usize, t: usize, h: usize, seed: u64) -> Case {
-    Case { lengths: Some((0..b).map(|i| t - i % t).collect()), ..case(kind, b, t, h, seed) }
+fn padded(kind: Kind, dims: (usize, usize, usize, usize), seed: u64) -> Case {
+    let (b, t, _, _) = dims;
+    Case { lengths: Some((0..b).map(|i| t - i % t).collect()), ..case(kind, dims, seed) }
 }
 
 impl Case {
-    fn inputs(&self) -> Vec<(&'static str, &candle_core::Var)> {
+    fn inputs(&self) -> [(&'static str, &Var); 6] {
+        [
+            ("x", &self.x),
+            ("w_ih", &self.w_ih),
+            ("w_hh", &self.w_hh),
+            ("b_ih", &self.b_ih),
+            ("b_hh", &self.b_hh),
+            ("s0", &self.s0),
+        ]
+    }
+
+    fn fused(&self) -> Tensor {
+        let col = |v: &Var| v.as_tensor().unsqueeze(1).unwrap();
+        let w = Tensor::cat(&[self.w_ih.as_tensor(), self.w_hh.as_tensor(), &col(&self.b_ih), &col(&self.b_hh)], 1)
+            .unwrap();
+        let lengths = self.lengths.clone().map(Arc::new);
+        projected(self.kind.op(), self.x.as_tensor(), &w, self.s0.as_tensor(), lengths, None).unwrap()
+    }
+
+    fn generic(&self) -> Tensor {
+        let (b, t, inp, h) = self.dims;
+        let (b_ih, b_hh) = (self.b_ih.as_tensor(), self.b_hh.as_tensor());
+        let bias = if self.kind == Kind::Gru { b_ih.clone() } else { b_ih.add(b_hh).unwrap() };
+        let xp = self
+            .x
+            .as_tensor()
+            .reshape((b * t, inp))
+            .unwrap()
+            .matmul(&self.w_ih.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap()
+            .reshape((b, t, self.kind.gates() * h))
+            .unwrap();
+        let (l, s, w_hh) = (self.lengths.as_deref(), self.s0.as_tensor(), self.w_hh.as_tensor());
         match self.kind {
-            Kind::Lstm => vec![("xp", &self.xp), ("w_hh", &self.w), ("h0", &self.h0), ("c0", &self.c0)],
-            Kind::Gru => vec![("xp", &self.xp), ("w_hh", &self.w), ("b_hh", &self.b), ("h0", &self.h0)],
-            _ => vec![("xp", &self.xp), ("w_hh", &self.w), ("h0", &self.h0)],
+            Kind::Lstm => lstm_generic(&xp, w_hh, &s.narrow(1, 0, h).unwrap(), &s.narrow(1, h, h).unwrap(), l),
+            Kind::Gru => gru_generic(&xp, w_hh, b_hh, s, l),
+            k => rnn_generic(&xp, w_hh, s, k == Kind::RnnRelu, l),
         }
+        .unwrap()
+    }
+
+    fn loss(&self, fused: bool) -> Tensor {
+        let out = if fused { self.fused() } else { self.generic() };
+        out.mul(&self.read).unwrap().sum_all().unwrap()
     }
 }
 
-fn loss(c: &Case, fused: bool) -> Tensor {
-    let (xp, w, h0) = (c.xp.as_tensor(), c.w.as_tensor(), c.h0.as_tensor());
-    let relu = c.kind == Kind::RnnRelu;
-    let (shared, l) = (c.lengths.clone().map(Arc::new), c.lengths.as_deref());
-    let out = match (c.kind, fused) {
-        (Kind::Lstm, true) => lstm_seq(xp, w, &Tensor::cat(&[h0, c.c0.as_tensor()], 1).unwrap(), shared, None).unwrap(),
-        (Kind::Lstm, false) => lstm_generic(xp, w, h0, c.c0.as_tensor(), l).unwrap(),
-        (Kind::Gru, true) => {
-            let wb = Tensor::cat(&[w, &c.b.as_tensor().unsqueeze(1).unwrap()], 1).unwrap();
-            gru_seq(xp, &wb, h0, shared).unwrap()
-        }
-        (Kind::Gru, false) => gru_generic(xp, w, c.b.as_tensor(), h0, l).unwrap(),
-        (_, true) => rnn_seq(xp, w, h0, relu, shared).unwrap(),
-        (_, false) => rnn_generic(xp, w, h0, relu, l).unwrap(),
-    };
-    out.mul(&c.weights).unwrap().sum_all().unwrap()
-}
-
+/// Forward and every gradient (x, W_ih, W_hh, both biases, the initial state), with and without padding, over
+/// shapes from one unit to several slices of the batch.
 #[test]
 fn fused_recurrences_match_the_generic_ones_forward_and_backward() {
     for kind in KINDS {
-        for (b, t, h, pad) in [(1, 1, 1, false), (3, 7, 5, false), (4, 13, 16, false), (4, 7, 5, true), (5, 3, 4, true)]
-        {
-            let seed = (b * 100 + t * 10 + h) as u64;
-            let c = if pad { padded(kind, b, t, h, seed) } else { case(kind, b, t, h, seed) };
-            let lf = loss(&c, true);
-            let lg = loss(&c, false);
-            let (vf, vg) = (lf.to_scalar::<f64>().unwrap(), lg.to_scalar::<f64>().unwrap());
-            assert!((vf - vg).abs() < 1e-12 * vg.abs().max(1.0), "{kind:?}: loss {vf} vs {vg}");
-            let gf = lf.backward().unwrap();
-            let gg = lg.backward().unwrap();
+        for (dims, pad) in [
+            ((1, 1, 1, 1), false),
+            ((3, 7, 2, 5), false),
+            ((4, 13, 6, 16), false),
+            ((3, 5, 4, 6), true),
+            ((4, 7, 3, 5), true),
+            ((5, 3, 2, 4), true),
+        ] {
+            let (b, t, inp, h) = dims;
+            let seed = (b * 1000 + t * 100 + inp * 10 + h) as u64;
+            let c = if pad { padded(kind, dims, seed) } else { case(kind, dims, seed) };
+            let (of, og) = (c.fused(), c.generic());
+            let d = max_abs_diff(&of, &og);
+            assert!(d < 1e-12, "{kind:?} {dims:?} pad={pad}: outputs differ by {d}");
+            let gf = c.loss(true).backward().unwrap();
+            let gg = c.loss(false).backward().unwrap();
             for (name, v) in c.inputs() {
-                let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?} fused: no gradient for {name}"));
-                let e = gg.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?} generic: no gradient for {name}"));
+                let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: fused gives no gradient for {name}"));
+                let e =
+                    gg.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: generic gives no gradient for {name}"));
                 let d = max_abs_diff(a, e);
-                assert!(d < 1e-11, "{kind:?}: {name} gradient differs by {d} for b={b} t={t} h={h}");
+                assert!(d < 1e-11, "{kind:?} {dims:?} pad={pad}: {name} gradient differs by {d}");
             }
         }
     }
@@ -119,8 +173,8 @@ fn fused_recurrences_match_the_generic_ones_forward_and_backward() {
 #[test]
 fn fused_recurrences_backward_match_finite_differences() {
     for (kind, pad) in KINDS.iter().flat_map(|&k| [(k, false), (k, true)]) {
-        let c = if pad { padded(kind, 3, 6, 3, 42) } else { case(kind, 2, 6, 3, 42) };
-        let grads = loss(&c, true).backward().unwrap();
+        let c = if pad { padded(kind, (3, 6, 2, 3), 42) } else { case(kind, (2, 6, 2, 3), 42) };
+        let grads = c.loss(true).backward().unwrap();
         let eps = 1e-6;
         for (name, v) in c.inputs() {
             let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
@@ -131,7 +185,7 @@ fn fused_recurrences_backward_match_finite_differences() {
                     let mut p = base.clone();
                     p[i] += delta;
                     v.set(&Tensor::from_vec(p, shape.as_slice(), &Device::Cpu).unwrap()).unwrap();
-                    loss(&c, true).to_scalar::<f64>().unwrap()
+                    c.loss(true).to_scalar::<f64>().unwrap()
                 };
                 let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
                 at(0.0);
@@ -142,10 +196,48 @@ fn fused_recurrences_backward_match_finite_differences() {
     }
 }
 
+/// The f32 op (vectorised element-wise passes and, where the CPU has AVX2, the packed small-batch product)
+/// against the f64 one: outputs and every gradient, padded and not, one slice and several.
+#[test]
+fn fused_recurrences_in_f32_match_f64() {
+    use engram_core::DType;
+    for kind in KINDS {
+        for (dims, pad) in [((1, 9, 5, 37), false), ((13, 6, 7, 20), true), ((32, 5, 8, 64), false)] {
+            let c = if pad { padded(kind, dims, 3) } else { case(kind, dims, 3) };
+            let to32 = |v: &Var| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap()).unwrap();
+            let c32 = Case {
+                x: to32(&c.x),
+                w_ih: to32(&c.w_ih),
+                w_hh: to32(&c.w_hh),
+                b_ih: to32(&c.b_ih),
+                b_hh: to32(&c.b_hh),
+                s0: to32(&c.s0),
+                read: c.read.to_dtype(DType::F32).unwrap(),
+                lengths: c.lengths.clone(),
+                ..c
+            };
+            let (o64, o32) = (c.fused(), c32.fused().to_dtype(DType::F64).unwrap());
+            let d = max_abs_diff(&o64, &o32);
+            assert!(d < 2e-5, "{kind:?} {dims:?}: f32 outputs differ by {d}");
+            let g64 = c.loss(true).backward().unwrap();
+            let g32 = c32.loss(true).backward().unwrap();
+            for ((name, v64), (_, v32)) in c.inputs().into_iter().zip(c32.inputs()) {
+                let a = g64.get(v64.as_tensor()).unwrap();
+                let b = g32.get(v32.as_tensor()).unwrap().to_dtype(DType::F64).unwrap();
+                let scale = a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+                let d = max_abs_diff(a, &b);
+                assert!(
+                    d < 1e-4 * scale.max(1.0),
+                    "{kind:?} {dims:?}: f32 {name} gradient differs by {d} (scale {scale})"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn weighted_bag_matches_gather_multiply_sum_forward_and_backward() {
     use engram_core::kernels::bag::weighted_bag;
-    use std::sync::Arc;
     let mut rng = Rng::new(8);
     let (v, d, rows, words) = (9, 4, 5, 3);
     let e = candle_core::Var::from_tensor(&random(&mut rng, &[v, d], 1.0)).unwrap();
@@ -172,91 +264,4 @@ fn weighted_bag_matches_gather_multiply_sum_forward_and_backward() {
     let gg = generic.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
     let d = max_abs_diff(gf.get(e.as_tensor()).unwrap(), gg.get(e.as_tensor()).unwrap());
     assert!(d < 1e-12, "gradient differs by {d}");
-}
-
-/// The whole-direction op (input projection inside) against candle's matmul plus the generic recurrence:
-/// forward and every gradient, x's included, with and without padding.
-#[test]
-fn projected_op_matches_projection_plus_generic_recurrence() {
-    use engram_core::kernels::projected::{Kind as P, projected};
-    for (kind, pk) in [
-        (Kind::Lstm, P::Lstm),
-        (Kind::Gru, P::Gru),
-        (Kind::RnnTanh, P::Rnn { relu: false }),
-        (Kind::RnnRelu, P::Rnn { relu: true }),
-    ] {
-        for pad in [false, true] {
-            let (b, t, inp, h) = (3, 5, 4, 6);
-            let g = match kind {
-                Kind::Lstm => 4,
-                Kind::Gru => 3,
-                _ => 1,
-            };
-            let mut rng = Rng::new(11);
-            let var = |x: Tensor| candle_core::Var::from_tensor(&x).unwrap();
-            let x = var(random(&mut rng, &[b, t, inp], 1.0));
-            let w_ih = var(random(&mut rng, &[g * h, inp], 0.5));
-            let w_hh = var(random(&mut rng, &[g * h, h], 0.5));
-            let b_ih = var(random(&mut rng, &[g * h], 0.5));
-            let b_hh = var(random(&mut rng, &[g * h], 0.5));
-            let states = if kind == Kind::Lstm { 2 } else { 1 };
-            let s0 = var(random(&mut rng, &[b, states * h], 0.8));
-            let read = random(&mut rng, &[b, t, h], 1.0);
-            let lengths: Option<Vec<usize>> = pad.then(|| vec![5, 3, 1]);
-            let relu = kind == Kind::RnnRelu;
-            let fused = || {
-                let w = Tensor::cat(
-                    &[
-                        w_ih.as_tensor(),
-                        w_hh.as_tensor(),
-                        &b_ih.as_tensor().unsqueeze(1).unwrap(),
-                        &b_hh.as_tensor().unsqueeze(1).unwrap(),
-                    ],
-                    1,
-                )
-                .unwrap();
-                projected(pk, x.as_tensor(), &w, s0.as_tensor(), lengths.clone().map(Arc::new), None).unwrap()
-            };
-            let generic = || {
-                let bias = if kind == Kind::Gru {
-                    b_ih.as_tensor().clone()
-                } else {
-                    b_ih.as_tensor().add(b_hh.as_tensor()).unwrap()
-                };
-                let xp = x
-                    .as_tensor()
-                    .reshape((b * t, inp))
-                    .unwrap()
-                    .matmul(&w_ih.as_tensor().t().unwrap())
-                    .unwrap()
-                    .broadcast_add(&bias)
-                    .unwrap()
-                    .reshape((b, t, g * h))
-                    .unwrap();
-                let l = lengths.as_deref();
-                let s = s0.as_tensor();
-                match kind {
-                    Kind::Lstm => {
-                        lstm_generic(&xp, w_hh.as_tensor(), &s.narrow(1, 0, h).unwrap(), &s.narrow(1, h, h).unwrap(), l)
-                    }
-                    Kind::Gru => gru_generic(&xp, w_hh.as_tensor(), b_hh.as_tensor(), s, l),
-                    _ => rnn_generic(&xp, w_hh.as_tensor(), s, relu, l),
-                }
-                .unwrap()
-            };
-            let (of, og) = (fused(), generic());
-            assert!(max_abs_diff(&of, &og) < 1e-12, "{kind:?} pad={pad}: outputs differ");
-            let gf = of.mul(&read).unwrap().sum_all().unwrap().backward().unwrap();
-            let gg = og.mul(&read).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, v) in
-                [("x", &x), ("w_ih", &w_ih), ("w_hh", &w_hh), ("b_ih", &b_ih), ("b_hh", &b_hh), ("s0", &s0)]
-            {
-                let a = gf.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: fused gives no gradient for {name}"));
-                let e =
-                    gg.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind:?}: generic gives no gradient for {name}"));
-                let d = max_abs_diff(a, e);
-                assert!(d < 1e-11, "{kind:?} pad={pad}: {name} gradient differs by {d}");
-            }
-        }
-    }
 }

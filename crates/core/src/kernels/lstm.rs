@@ -1,25 +1,22 @@
-//! The LSTM recurrence as one op, forward and backward.
+//! The LSTM recurrence over one slice of the batch, forward and backward, for [`super::projected`].
 //!
-//! Inputs: `xp [batch, seq_len, 4H]`, the input projection of every step with both biases already added
-//! (one GEMM outside, under autograd); `w_hh [4H, H]`; `s0 [batch, 2H]`, the initial `h` and `c` side by side.
-//! Output: `h` for every step, `[batch, seq_len, H]`. Gate order i, f, g, o as in PyTorch.
+//! Input: `xp [batch, seq_len, 4H]`, the input projection of every step with `b_ih` added; `W_hh` and `b_hh`
+//! ([`Hidden`]); `s0 [batch, 2H]`, the initial `h` and `c` side by side. Output: `h` for every step. Gate order
+//! i, f, g, o as in PyTorch, and the pre-activation is `xp + (h W_hh^T + b_hh)`, PyTorch's rounding.
 //!
-//! Forward, per step: one GEMM `gates += h W_hh^T` into a time-major buffer, then one fused pass for the
-//! gates, `c` and `h`. Backward, per step: one fused pass for the gate gradients and one GEMM `dh = dgates
-//! W_hh`; after the loop, `dW_hh` for all steps as a single GEMM `dgates^T [4H, T*B] x h_prev [T*B, H]`.
-//! The forward keeps only what the backward reads: gate activations, `c` and `h` per step.
+//! Forward, per step: one GEMM `hp = h W_hh^T`, then one fused pass that makes the gates, `c`, `tanh(c)` and
+//! `h`. Backward, per step: one fused pass for the gate gradients and one GEMM `dh = dgates W_hh`; after the
+//! loop, `dW_hh` for all steps as one GEMM `dgates^T [4H, T*B] x h_prev [T*B, H]`. The forward keeps only
+//! what the backward reads (gate activations, `c`, `tanh(c)` and `h` per step), and nothing but a step's
+//! worth when no backward will follow.
 //!
 //! With `lengths`, row b runs its first `lengths[b]` steps only: past them its state is carried unchanged and
 //! its output is zero, as PyTorch's packed sequences (see [`Lengths`]).
 
-use std::sync::{Arc, Mutex};
+use super::{Hidden, Inner, Lengths, Mat, Real, blocks, blocks_mut, column_sums, matmul, simd_fn};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-
-use super::gru::split_weights;
-use super::{Inner, Lengths, Mat, Real, matmul, slice, transpose};
-
-/// What the backward needs from the forward, time-major.
+/// What the backward needs from the forward, time-major. Without a backward, each buffer holds the latest
+/// step only (`c` the latest two).
 pub struct Saved<T> {
     /// Gate activations `[T, B, 4H]`: sigmoid(i), sigmoid(f), tanh(g), sigmoid(o).
     gates: Vec<T>,
@@ -29,100 +26,85 @@ pub struct Saved<T> {
     h: Vec<T>,
     /// `tanh(c)` for steps 1..=T, `[T, B, H]`, so the backward need not recompute it.
     tc: Vec<T>,
+    /// Whether every step was kept.
+    keep: bool,
 }
 
-pub struct LstmSeq<T: Real> {
+pub(crate) struct LstmSeq {
     batch: usize,
     seq_len: usize,
     hidden: usize,
-    /// Keep activations for a backward (only when the inputs are tracked by autograd).
-    keep: bool,
     lengths: Lengths,
-    /// `w` is `[4H, H + 1]`, `W_hh` with `b_hh` as a last column, and `xp` holds `b_ih` only: the recurrent
-    /// part is `h W_hh^T + b_hh` as PyTorch adds it (same rounding). Otherwise `w` is `W_hh` and `xp` holds both.
-    hh_bias: bool,
-    /// Receives the final cell state `[B, H]` (as f64) when the caller carries state across batches.
-    final_c: Option<FinalState>,
-    saved: Mutex<Option<Saved<T>>>,
 }
 
-/// Where a kernel leaves a final state for the caller to read after the forward.
-pub type FinalState = Arc<Mutex<Option<Vec<f64>>>>;
+impl LstmSeq {
+    pub(crate) fn new(batch: usize, seq_len: usize, hidden: usize, lengths: Lengths) -> Self {
+        LstmSeq { batch, seq_len, hidden, lengths }
+    }
 
-impl<T: Real> LstmSeq<T> {
-    fn forward(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
+    fn forward<T: Real>(&self, xp: &[T], w: &Hidden<T>, s0: &[T], out: &mut [T], keep: bool) -> Saved<T> {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
-        // Gate activations, time-major (what the backward reads); each step's recurrent GEMM goes to `hp`.
-        let mut gates = vec![T::zero(); t_len * b * g4];
+        let steps = if keep { t_len } else { 1 };
+        let mut gates = vec![T::zero(); steps * b * g4];
+        let mut tcs = vec![T::zero(); steps * b * h];
+        let mut cs = vec![T::zero(); (if keep { t_len + 1 } else { 2 }) * b * h];
+        let mut hs = vec![T::zero(); (if keep { t_len + 1 } else { 2 }) * b * h];
+        // Step t's buffers (the latest one, or the latest two, when not keeping every step).
+        let at = |t: usize| if keep { t } else { 0 };
+        let state = |t: usize| if keep { t } else { t % 2 };
         let mut hp = vec![T::zero(); b * g4];
-        let (w_hh, b_hh) = if self.hh_bias { split_weights(w, h) } else { (w.to_vec(), vec![T::zero(); g4]) };
-        // W_hh^T [H, 4H] row-major, once per call (see `transpose`).
-        let wt = transpose(&w_hh, g4, h);
-        let mut hs = vec![T::zero(); (t_len + 1) * b * h];
-        let mut cs = vec![T::zero(); (t_len + 1) * b * h];
-        let mut tcs = vec![T::zero(); t_len * b * h];
         for bi in 0..b {
             hs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h..bi * 2 * h + h]);
             cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
         }
         for t in 0..t_len {
-            let (h_done, h_rest) = hs.split_at_mut((t + 1) * b * h);
-            let h_prev = &h_done[t * b * h..];
-            let g = &mut gates[t * b * g4..(t + 1) * b * g4];
-            // hp = h_{t-1} [B, H] x W_hh^T [H, 4H]; gates_t = xp_t + hp.
-            matmul(b, g4, h, &mut hp, g4, false, Mat::rows(h_prev, h), Mat::rows(&wt, g4));
+            let (prev, next) = (state(t) * b * h, state(t + 1) * b * h);
+            // hp = h_{t-1} [B, H] x W_hh^T [H, 4H]
+            w.times_t(b, &hs[prev..prev + b * h], &mut hp, false);
+            let g = &mut gates[at(t) * b * g4..(at(t) + 1) * b * g4];
+            let tc = &mut tcs[at(t) * b * h..(at(t) + 1) * b * h];
             for bi in 0..b {
-                let x = &xp[(bi * t_len + t) * g4..(bi * t_len + t + 1) * g4];
-                let dst = &mut g[bi * g4..(bi + 1) * g4];
-                for (((d, &a), &c), &bias) in dst.iter_mut().zip(x).zip(&hp[bi * g4..(bi + 1) * g4]).zip(&b_hh) {
-                    *d = a + (c + bias);
-                }
-            }
-            let (c_done, c_rest) = cs.split_at_mut((t + 1) * b * h);
-            let c_prev = &c_done[t * b * h..];
-            let c_next = &mut c_rest[..b * h];
-            let h_next = &mut h_rest[..b * h];
-            let tc = &mut tcs[t * b * h..(t + 1) * b * h];
-            for bi in 0..b {
-                let row = &mut g[bi * g4..(bi + 1) * g4];
-                // Activations over contiguous runs (i and f together, then g, then o), so they vectorise.
-                T::sigmoid_slice(&mut row[..2 * h]);
-                T::tanh_slice(&mut row[2 * h..3 * h]);
-                T::sigmoid_slice(&mut row[3 * h..]);
-                let (i, rest) = row.split_at(h);
-                let (f, rest) = rest.split_at(h);
-                let (gg, o) = rest.split_at(h);
-                let cp = &c_prev[bi * h..(bi + 1) * h];
-                let cn = &mut c_next[bi * h..(bi + 1) * h];
-                for j in 0..h {
-                    cn[j] = f[j] * cp[j] + i[j] * gg[j];
-                }
-                let tcr = &mut tc[bi * h..(bi + 1) * h];
-                tcr.copy_from_slice(cn);
-                T::tanh_slice(tcr);
-                let hn = &mut h_next[bi * h..(bi + 1) * h];
+                let row = (bi * t_len + t) * h;
+                let o = &mut out[row..row + h];
+                let (p, n) = (prev + bi * h, next + bi * h);
                 if !self.lengths.live(bi, t) {
-                    // Past this row's length: the state is carried as it was.
-                    cn.copy_from_slice(cp);
-                    hn.copy_from_slice(&h_prev[bi * h..(bi + 1) * h]);
+                    // Past this row's length: the state is carried as it was, the output is zero.
+                    cs.copy_within(p..p + h, n);
+                    hs.copy_within(p..p + h, n);
+                    o.fill(T::zero());
                     continue;
                 }
-                for j in 0..h {
-                    hn[j] = o[j] * tcr[j];
-                }
+                let (c_prev, c_next) = pair(&mut cs, p, n, h);
+                let h_next = &mut hs[n..n + h];
+                let x = &xp[(bi * t_len + t) * g4..(bi * t_len + t + 1) * g4];
+                let gr = &mut g[bi * g4..(bi + 1) * g4];
+                cell(
+                    x,
+                    &hp[bi * g4..(bi + 1) * g4],
+                    &w.b_hh,
+                    c_prev,
+                    gr,
+                    c_next,
+                    &mut tc[bi * h..(bi + 1) * h],
+                    h_next,
+                );
+                o.copy_from_slice(h_next);
             }
         }
-        let out = self.lengths.outputs(&hs, b, t_len, h);
-        (out, Saved { gates, c: cs, h: hs, tc: tcs })
+        Saved { gates, c: cs, h: hs, tc: tcs, keep }
     }
 
-    /// Returns (d xp `[B, T, 4H]`, d w_hh `[4H, H]`, d s0 `[B, 2H]`).
-    fn backward(&self, s: &Saved<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    fn backward<T: Real>(
+        &self,
+        s: &Saved<T>,
+        w: &Hidden<T>,
+        dout: &[T],
+        dxp: &mut [T],
+        ds0: &mut [T],
+    ) -> (Vec<T>, Vec<T>) {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
-        let w_hh = if self.hh_bias { split_weights(w, h).0 } else { w.to_vec() };
-        let w = &w_hh[..];
         let mut dgates = vec![T::zero(); t_len * b * g4];
         let mut dh = vec![T::zero(); b * h];
         let mut dc = vec![T::zero(); b * h];
@@ -137,192 +119,133 @@ impl<T: Real> LstmSeq<T> {
                     // Gates zero; dh and dc pass through unchanged (dh is added back after the GEMM).
                     continue;
                 }
-                let row = &gates[bi * g4..(bi + 1) * g4];
+                let r = bi * h..(bi + 1) * h;
+                let d_out = &dout[(bi * t_len + t) * h..(bi * t_len + t + 1) * h];
+                let gr = &gates[bi * g4..(bi + 1) * g4];
                 let drow = &mut dg[bi * g4..(bi + 1) * g4];
-                for j in 0..h {
-                    let k = bi * h + j;
-                    let (i, f, gg, o) = (row[j], row[h + j], row[2 * h + j], row[3 * h + j]);
-                    let dht = dh[k] + dout[(bi * t_len + t) * h + j];
-                    let tc = tc_t[k];
-                    let dct = dc[k] + dht * o * (T::one() - tc * tc);
-                    drow[j] = dct * gg * i * (T::one() - i);
-                    drow[h + j] = dct * c_prev[k] * f * (T::one() - f);
-                    drow[2 * h + j] = dct * i * (T::one() - gg * gg);
-                    drow[3 * h + j] = dht * tc * o * (T::one() - o);
-                    dc[k] = dct * f;
-                }
+                cell_grad(gr, &c_prev[r.clone()], &tc_t[r.clone()], d_out, &dh[r.clone()], &mut dc[r], drow);
             }
             // dh_{t-1} = dgates_t [B, 4H] x W_hh [4H, H]
-            matmul(b, h, g4, &mut dh, h, false, Mat::rows(dg, g4), Mat::rows(w, h));
+            w.times(b, dg, &mut dh, false);
             Lengths::add_carry(&mut dh, carry, h);
         }
-        // dW_hh = sum_t dgates_t^T h_{t-1}: [4H, T*B] x [T*B, H] in one GEMM.
+        // dW_hh = sum_t dgates_t^T h_{t-1}: [4H, T*B] x [T*B, H] in one GEMM; db_hh = column sums of dgates.
         let mut dw = vec![T::zero(); g4 * h];
         matmul(g4, h, t_len * b, &mut dw, h, false, Mat::rows_t(&dgates, g4), Mat::rows(&s.h[..t_len * b * h], h));
-        if self.hh_bias {
-            // db_hh = column sums of dgates, as the last column of dw.
-            let mut db = vec![T::zero(); g4];
-            for row in dgates.chunks_exact(g4) {
-                for (d, &v) in db.iter_mut().zip(row) {
-                    *d += v;
-                }
-            }
-            let mut full = Vec::with_capacity(g4 * (h + 1));
-            for (j, row) in dw.chunks_exact(h).enumerate() {
-                full.extend_from_slice(row);
-                full.push(db[j]);
-            }
-            dw = full;
-        }
-        let mut dxp = vec![T::zero(); b * t_len * g4];
+        let db = column_sums(&dgates, g4);
         for t in 0..t_len {
             for bi in 0..b {
                 let src = (t * b + bi) * g4;
                 dxp[(bi * t_len + t) * g4..(bi * t_len + t + 1) * g4].copy_from_slice(&dgates[src..src + g4]);
             }
         }
-        let mut ds0 = vec![T::zero(); b * 2 * h];
         for bi in 0..b {
             ds0[bi * 2 * h..bi * 2 * h + h].copy_from_slice(&dh[bi * h..(bi + 1) * h]);
             ds0[bi * 2 * h + h..(bi + 1) * 2 * h].copy_from_slice(&dc[bi * h..(bi + 1) * h]);
         }
-        (dxp, dw, ds0)
+        (dw, db)
     }
 }
 
-impl<T: Real> CustomOp3 for LstmSeq<T> {
-    fn name(&self) -> &'static str {
-        "lstm-seq"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (b, t, h) = (self.batch, self.seq_len, self.hidden);
-        if l1.dims() != [b, t, 4 * h] || l2.dims() != [4 * h, h] || l3.dims() != [b, 2 * h] {
-            candle_core::bail!("lstm kernel: unexpected shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
-        }
-        let (out, saved) = self.forward(slice(s1, l1, "xp")?, slice(s2, l2, "w_hh")?, slice(s3, l3, "s0")?);
-        if let Some(sink) = &self.final_c {
-            let last = &saved.c[t * b * h..];
-            let v = last.iter().map(|x| <T as num_traits::ToPrimitive>::to_f64(x).unwrap_or(f64::NAN)).collect();
-            *sink.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))? = Some(v);
-        }
-        if self.keep {
-            *self.saved.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))? = Some(saved);
-        }
-        Ok((T::to_cpu_storage_owned(out), Shape::from((b, t, h))))
-    }
-
-    fn bwd(
-        &self,
-        _xp: &Tensor,
-        w_hh: &Tensor,
-        _s0: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().map_err(|_| candle_core::Error::Msg("lstm kernel: poisoned".into()))?;
-        let Some(saved) = guard.as_ref() else { candle_core::bail!("lstm kernel: backward without saved activations") };
-        let w = w_hh.flatten_all()?.to_vec1::<T>()?;
-        let dout = grad.flatten_all()?.to_vec1::<T>()?;
-        let (dxp, dw, ds0) = self.backward(saved, &w, &dout);
-        let (b, t, h) = (self.batch, self.seq_len, self.hidden);
-        let dev = grad.device();
-        Ok((
-            Some(Tensor::from_vec(dxp, (b, t, 4 * h), dev)?),
-            Some(Tensor::from_vec(dw, (4 * h, h), dev)?),
-            Some(Tensor::from_vec(ds0, (b, 2 * h), dev)?),
-        ))
+/// `(&v[a..a + n], &mut v[b..b + n])` for non-overlapping `a` and `b`.
+pub(crate) fn pair<T>(v: &mut [T], a: usize, b: usize, n: usize) -> (&[T], &mut [T]) {
+    if a < b {
+        let (lo, hi) = v.split_at_mut(b);
+        (&lo[a..a + n], &mut hi[..n])
+    } else {
+        let (lo, hi) = v.split_at_mut(a);
+        (&hi[..n], &mut lo[b..b + n])
     }
 }
 
-impl<T: Real> LstmSeq<T> {
-    /// The recurrence alone, for [`super::projected`] (which keeps what the backward needs itself).
-    pub(crate) fn inner(batch: usize, seq_len: usize, hidden: usize, lengths: Lengths) -> Self {
-        LstmSeq { batch, seq_len, hidden, keep: false, lengths, hh_bias: true, final_c: None, saved: Mutex::new(None) }
+simd_fn! {
+    /// One row's step: gates from `x + (hp + b_hh)`, then `c`, `tanh(c)` and `h`, in one pass.
+    fn cell<T: Real>(
+        x: &[T],
+        hp: &[T],
+        b_hh: &[T],
+        c_prev: &[T],
+        gates: &mut [T],
+        c: &mut [T],
+        tc: &mut [T],
+        h_out: &mut [T],
+    ) {
+        let n = c.len();
+        let [xi, xf, xg, xo] = blocks(x, n);
+        let [pi, pf, pg, po] = blocks(hp, n);
+        let [bi, bf, bg, bo] = blocks(b_hh, n);
+        let [gi, gf, gg, go] = blocks_mut(gates, n);
+        let (c_prev, c, tc, h_out) = (&c_prev[..n], &mut c[..n], &mut tc[..n], &mut h_out[..n]);
+        for j in 0..n {
+            let i = (xi[j] + (pi[j] + bi[j])).sigmoid();
+            let f = (xf[j] + (pf[j] + bf[j])).sigmoid();
+            let g = (xg[j] + (pg[j] + bg[j])).tanh_();
+            let o = (xo[j] + (po[j] + bo[j])).sigmoid();
+            let cj = f * c_prev[j] + i * g;
+            let t = cj.tanh_();
+            gi[j] = i;
+            gf[j] = f;
+            gg[j] = g;
+            go[j] = o;
+            c[j] = cj;
+            tc[j] = t;
+            h_out[j] = o * t;
+        }
     }
 }
 
-impl<T: Real> Inner<T> for LstmSeq<T> {
+simd_fn! {
+    /// One row's gate gradients from `dh` (carried) plus `dout`, and the carried `dc`, which becomes the
+    /// gradient of `c_{t-1}`.
+    fn cell_grad<T: Real>(
+        gates: &[T],
+        c_prev: &[T],
+        tc: &[T],
+        dout: &[T],
+        dh: &[T],
+        dc: &mut [T],
+        dg: &mut [T],
+    ) {
+        let n = dc.len();
+        let [gi, gf, gg, go] = blocks(gates, n);
+        let (c_prev, tc, dout, dh, dc) = (&c_prev[..n], &tc[..n], &dout[..n], &dh[..n], &mut dc[..n]);
+        let [di, df, dgg, d_o] = blocks_mut(dg, n);
+        for j in 0..n {
+            let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
+            let dht = dh[j] + dout[j];
+            let t = tc[j];
+            let dct = dc[j] + dht * o * (T::one() - t * t);
+            di[j] = dct * g * i * (T::one() - i);
+            df[j] = dct * c_prev[j] * f * (T::one() - f);
+            dgg[j] = dct * i * (T::one() - g * g);
+            d_o[j] = dht * t * o * (T::one() - o);
+            dc[j] = dct * f;
+        }
+    }
+}
+
+impl<T: Real> Inner<T> for LstmSeq {
     type Saved = Saved<T>;
     const GATES: usize = 4;
     const STATES: usize = 2;
     const HH_BIAS_INSIDE: bool = true;
 
-    fn run(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Saved<T>) {
-        self.forward(xp, w, s0)
+    fn run(&self, xp: &[T], w: &Hidden<T>, s0: &[T], out: &mut [T], keep: bool) -> Saved<T> {
+        self.forward(xp, w, s0, out, keep)
     }
 
-    fn grad(&self, s: &Saved<T>, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
-        self.backward(s, w, dout)
+    fn grad(&self, s: &Saved<T>, w: &Hidden<T>, dout: &[T], dxp: &mut [T], ds0: &mut [T]) -> (Vec<T>, Vec<T>) {
+        self.backward(s, w, dout, dxp, ds0)
     }
 
     fn rows(&self, rows: std::ops::Range<usize>) -> Self {
-        LstmSeq {
-            batch: rows.len(),
-            seq_len: self.seq_len,
-            hidden: self.hidden,
-            keep: false,
-            lengths: self.lengths.rows(rows),
-            hh_bias: self.hh_bias,
-            final_c: None,
-            saved: Mutex::new(None),
-        }
+        LstmSeq::new(rows.len(), self.seq_len, self.hidden, self.lengths.rows(rows))
     }
 
     fn final_cell(&self, s: &Saved<T>) -> Option<Vec<f64>> {
-        let last = &s.c[self.seq_len * self.batch * self.hidden..];
-        Some(last.iter().map(|x| <T as num_traits::ToPrimitive>::to_f64(x).unwrap_or(f64::NAN)).collect())
-    }
-}
-
-/// Runs the fused recurrence on CPU tensors (see the module doc for shapes), over each row's first
-/// `lengths[b]` steps when given.
-pub fn lstm_seq(
-    xp: &Tensor,
-    w_hh: &Tensor,
-    s0: &Tensor,
-    lengths: Option<Arc<Vec<usize>>>,
-    final_c: Option<FinalState>,
-) -> Result<Tensor> {
-    let (b, t, g4) = xp.dims3()?;
-    let h = g4 / 4;
-    let keep = xp.track_op() || w_hh.track_op() || s0.track_op();
-    let lengths = Lengths::new(lengths, b, t)?;
-    let (xp, w_hh, s0) = (xp.contiguous()?, w_hh.contiguous()?, s0.contiguous()?);
-    match xp.dtype() {
-        candle_core::DType::F64 => {
-            let op = LstmSeq::<f64> {
-                batch: b,
-                seq_len: t,
-                hidden: h,
-                keep,
-                lengths,
-                hh_bias: false,
-                final_c,
-                saved: Mutex::new(None),
-            };
-            xp.apply_op3(&w_hh, &s0, op)
-        }
-        _ => {
-            let op = LstmSeq::<f32> {
-                batch: b,
-                seq_len: t,
-                hidden: h,
-                keep,
-                lengths,
-                hh_bias: false,
-                final_c,
-                saved: Mutex::new(None),
-            };
-            xp.apply_op3(&w_hh, &s0, op)
-        }
+        let (b, h) = (self.batch, self.hidden);
+        let last = if s.keep { self.seq_len } else { self.seq_len % 2 };
+        let c = &s.c[last * b * h..(last + 1) * b * h];
+        Some(c.iter().map(|x| <T as num_traits::ToPrimitive>::to_f64(x).unwrap_or(f64::NAN)).collect())
     }
 }

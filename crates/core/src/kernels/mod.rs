@@ -5,25 +5,25 @@ pub mod gru;
 pub mod lstm;
 pub mod projected;
 pub mod rnn;
+pub(crate) mod small;
 
-pub use lstm::FinalState;
+/// Where a kernel leaves a final state for the caller to read after the forward.
+pub type FinalState = std::sync::Arc<std::sync::Mutex<Option<Vec<f64>>>>;
 
 use gemm::Parallelism;
 
-/// The float types the kernels run in, with the activations they apply to whole slices.
+/// The float types the kernels run in, with the activations they apply element by element.
 pub trait Real: candle_core::WithDType + num_traits::Float + std::ops::AddAssign + Send + Sync + 'static {
-    /// `x = 1 / (1 + exp(-x))` for every element.
-    fn sigmoid_slice(xs: &mut [Self]) {
-        for x in xs {
-            *x = Self::one() / (Self::one() + (-*x).exp());
-        }
+    /// `1 / (1 + exp(-x))`.
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        Self::one() / (Self::one() + (-self).exp())
     }
 
-    /// `x = tanh(x)` for every element.
-    fn tanh_slice(xs: &mut [Self]) {
-        for x in xs {
-            *x = x.tanh();
-        }
+    /// `tanh(x)`.
+    #[inline(always)]
+    fn tanh_(self) -> Self {
+        self.tanh()
     }
 }
 
@@ -33,18 +33,60 @@ impl Real for f64 {}
 /// f32 uses the branch-free functions in [`fast`], which the compiler vectorises: libm's `expf` and `tanhf`
 /// are scalar calls and took most of an LSTM step's time.
 impl Real for f32 {
-    fn sigmoid_slice(xs: &mut [f32]) {
-        for x in xs {
-            *x = fast::sigmoid(*x);
-        }
+    #[inline(always)]
+    fn sigmoid(self) -> f32 {
+        fast::sigmoid(self)
     }
 
-    fn tanh_slice(xs: &mut [f32]) {
-        for x in xs {
-            *x = fast::tanh(*x);
-        }
+    #[inline(always)]
+    fn tanh_(self) -> f32 {
+        fast::tanh(self)
     }
 }
+
+/// Whether the CPU has AVX2 and FMA (checked once, then cached by std).
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines an element-wise pass over slices that runs compiled for AVX2 and FMA when the CPU has them (8 floats
+/// at a time instead of the baseline x86-64's 4), and as built otherwise: prebuilt binaries target the
+/// baseline, so this is decided at run time. Each slice is its own argument so that the compiler knows they
+/// do not overlap and vectorises the loops without run-time overlap checks; what the body calls must be
+/// `#[inline(always)]` to be compiled with it.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* fn $name:ident<T: Real>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name<T: Real>($($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body<T: Real>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn avx2<T: Real>($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if $crate::kernels::has_avx2() {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_fn;
 
 /// Branch-free f32 transcendental functions, accurate to a few units in the last place.
 pub mod fast {
@@ -54,9 +96,11 @@ pub mod fast {
     pub fn exp(x: f32) -> f32 {
         // Past these bounds exp overflows or underflows f32; clamping keeps 2^n inside the exponent range.
         let x = x.clamp(-87.0, 88.0);
-        // Round to nearest without a libm call: adding 1.5 * 2^23 pushes the fraction out of the mantissa.
+        // Round to nearest without a libm call or a float-to-int conversion (Rust's `as` saturates, which does
+        // not vectorise): adding 1.5 * 2^23 pushes the fraction out of the mantissa, whose low bits then hold n.
         const MAGIC: f32 = 12_582_912.0;
-        let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+        let k = x * std::f32::consts::LOG2_E + MAGIC;
+        let n = k - MAGIC;
         // ln2 split in two so that n * C1 is exact.
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = 1.987_569_1e-4;
@@ -66,7 +110,9 @@ pub mod fast {
         let p = p * r + 1.666_666_5e-1;
         let p = p * r + 0.5;
         let y = p * r * r + r + 1.0;
-        y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+        // 2^n: n + 127 in the exponent bits (n is in -126..=127 after the clamp).
+        let two_n = (k.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23;
+        y * f32::from_bits(two_n)
     }
 
     #[inline(always)]
@@ -81,7 +127,71 @@ pub mod fast {
     }
 }
 
-/// A recurrence over precomputed input projections `xp [B, T, G*H]` (batch-major), as [`projected`] drives it.
+/// The recurrent weights as an [`Inner`] recurrence reads them, prepared once per call by [`projected`]: the
+/// per-step products by `W_hh^T` (forward) and `W_hh` (backward) and `b_hh`.
+pub(crate) struct Hidden<'a, T> {
+    /// `W_hh [G*H, H]`, a view into the op's weight matrix: row r starts at `hh[r * stride]`.
+    hh: &'a [T],
+    stride: usize,
+    hidden: usize,
+    gates: usize,
+    /// The right-hand side of the step's product, prepared once for every step of the call.
+    rhs: Rhs<T>,
+    /// `b_hh [G*H]` where it stays in the recurrence (the LSTM and GRU); empty where it joined `xp`.
+    pub b_hh: Vec<T>,
+}
+
+enum Rhs<T> {
+    /// Packed for the small-batch micro-kernel ([`small`]).
+    Packed(small::Packed<T>),
+    /// `W_hh^T [H, G*H]` row-major, for the general GEMM (given `W_hh` as a transposed view, the GEMM would
+    /// gather all of it element by element at every step).
+    Transposed(Vec<T>),
+    /// `W_hh` read in place by the general GEMM.
+    InPlace,
+}
+
+impl<'a, T: Real> Hidden<'a, T> {
+    /// For a forward (products by `W_hh^T`) or a backward (by `W_hh`); `hh` as in the field.
+    pub fn new(hh: &'a [T], stride: usize, gates: usize, hidden: usize, b_hh: Vec<T>, forward: bool) -> Self {
+        let gh = gates * hidden;
+        let rhs = match (small::available::<T>(), forward) {
+            (true, true) => Rhs::Packed(small::Packed::transposed(hh, hidden, gh, stride)),
+            (true, false) => Rhs::Packed(small::Packed::rows(hh, gh, hidden, stride)),
+            (false, true) => Rhs::Transposed(transpose(hh, gh, hidden, stride)),
+            (false, false) => Rhs::InPlace,
+        };
+        Hidden { hh, stride, hidden, gates, rhs, b_hh }
+    }
+
+    /// `dst [m, G*H] (+)= h [m, H] x W_hh^T` (built for a forward).
+    pub fn times_t(&self, m: usize, h: &[T], dst: &mut [T], accumulate: bool) {
+        let (hd, gh) = (self.hidden, self.gates * self.hidden);
+        match &self.rhs {
+            Rhs::Packed(p) if small::matmul(m, h, hd, p, dst, gh, accumulate) => {}
+            Rhs::Transposed(t) => matmul(m, gh, hd, dst, gh, accumulate, Mat::rows(h, hd), Mat::rows(t, gh)),
+            _ => {
+                let view = Mat { ptr: self.hh.as_ptr(), rs: 1, cs: self.stride as isize };
+                matmul(m, gh, hd, dst, gh, accumulate, Mat::rows(h, hd), view)
+            }
+        }
+    }
+
+    /// `dst [m, H] (+)= d [m, G*H] x W_hh` (built for a backward).
+    pub fn times(&self, m: usize, d: &[T], dst: &mut [T], accumulate: bool) {
+        let (hd, gh) = (self.hidden, self.gates * self.hidden);
+        match &self.rhs {
+            Rhs::Packed(p) if small::matmul(m, d, gh, p, dst, hd, accumulate) => {}
+            _ => {
+                let view = Mat { ptr: self.hh.as_ptr(), rs: self.stride as isize, cs: 1 };
+                matmul(m, hd, gh, dst, hd, accumulate, Mat::rows(d, gh), view)
+            }
+        }
+    }
+}
+
+/// A recurrence over precomputed input projections `xp [B, T, G*H]` (batch-major), as [`projected`] drives it
+/// on one slice of the batch.
 pub(crate) trait Inner<T: Real>: Send + Sync + 'static {
     /// What the backward needs from the forward.
     type Saved: Send + Sync;
@@ -89,18 +199,53 @@ pub(crate) trait Inner<T: Real>: Send + Sync + 'static {
     const GATES: usize;
     /// State blocks in `s0` (2 for an LSTM's h and c).
     const STATES: usize;
-    /// Whether the recurrent weights carry `b_hh` as an extra column (the GRU) instead of it joining `xp`.
+    /// Whether `b_hh` is added inside the recurrence (as PyTorch rounds it, or because the GRU's `n` gate needs
+    /// it there) instead of joining `xp`.
     const HH_BIAS_INSIDE: bool;
-    /// Returns `h` for every step `[B, T, H]` and what the backward needs.
-    fn run(&self, xp: &[T], w: &[T], s0: &[T]) -> (Vec<T>, Self::Saved);
-    /// Returns (d xp, d w, d s0) for the incoming gradient of the output.
-    fn grad(&self, s: &Self::Saved, w: &[T], dout: &[T]) -> (Vec<T>, Vec<T>, Vec<T>);
+    /// Writes `h` for every step into `out [B, T, H]` (zero past a row's length). With `keep`, keeps what the
+    /// backward needs; otherwise only the final state.
+    fn run(&self, xp: &[T], w: &Hidden<T>, s0: &[T], out: &mut [T], keep: bool) -> Self::Saved;
+    /// Writes d xp `[B, T, G*H]` and d s0 `[B, S*H]` for the incoming gradient of the output, and returns
+    /// (d W_hh `[G*H, H]`, d b_hh `[G*H]`, empty when b_hh joined xp).
+    fn grad(&self, s: &Self::Saved, w: &Hidden<T>, dout: &[T], dxp: &mut [T], ds0: &mut [T]) -> (Vec<T>, Vec<T>);
     /// The final cell state `[B, H]` (an LSTM's; None otherwise).
     fn final_cell(&self, _s: &Self::Saved) -> Option<Vec<f64>> {
         None
     }
     /// The same recurrence over batch rows `rows` only.
     fn rows(&self, rows: std::ops::Range<usize>) -> Self;
+}
+
+/// The first `K` blocks of `n` elements of `v`. Each is sliced to exactly `n` so that the compiler can drop the
+/// bounds checks in the element loops (a check left in a loop stops it from being vectorised).
+#[inline(always)]
+pub(crate) fn blocks<const K: usize, T>(v: &[T], n: usize) -> [&[T]; K] {
+    std::array::from_fn(|i| &v[i * n..][..n])
+}
+
+/// `v` cut into `K` blocks of `n` elements (the first `K * n`), for writing; each sliced to exactly `n` as in
+/// [`blocks`].
+#[inline(always)]
+pub(crate) fn blocks_mut<const K: usize, T>(v: &mut [T], n: usize) -> [&mut [T]; K] {
+    let mut out: [&mut [T]; K] = std::array::from_fn(|_| <&mut [T]>::default());
+    let mut rest = v;
+    for o in out.iter_mut() {
+        let (a, r) = rest.split_at_mut(n);
+        *o = &mut a[..n];
+        rest = r;
+    }
+    out
+}
+
+/// Column sums of `m [rows, n]` row-major.
+pub(crate) fn column_sums<T: Real>(m: &[T], n: usize) -> Vec<T> {
+    let mut s = vec![T::zero(); n];
+    for row in m.chunks_exact(n) {
+        for (d, &v) in s.iter_mut().zip(row) {
+            *d += v;
+        }
+    }
+    s
 }
 
 /// Per-row sequence lengths of a padded batch, for the recurrent kernels: row b is live at step t when
@@ -128,21 +273,6 @@ impl Lengths {
     #[inline]
     pub fn live(&self, row: usize, t: usize) -> bool {
         self.0.as_ref().is_none_or(|l| t < l[row])
-    }
-
-    /// Batch-first outputs `[B, T, H]` from time-major states `[T+1, B, H]` (state 0 is the initial one), zero
-    /// past each row's length.
-    pub(crate) fn outputs<T: Real>(&self, hs: &[T], b: usize, t_len: usize, h: usize) -> Vec<T> {
-        let mut out = vec![T::zero(); b * t_len * h];
-        for t in 0..t_len {
-            for bi in 0..b {
-                if self.live(bi, t) {
-                    let src = ((t + 1) * b + bi) * h;
-                    out[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&hs[src..src + h]);
-                }
-            }
-        }
-        out
     }
 
     /// The rows of `dh [B, H]` that are past their length at step t (their gradient passes through the step).
@@ -257,18 +387,18 @@ pub(crate) fn matmul<T: Real>(
     }
 }
 
-/// `w [rows, cols]` row-major, transposed: `[cols, rows]` row-major. The recurrent kernels multiply by `W^T`
-/// every step; given as a transposed view, the GEMM would gather (pack) all of `W` element by element each
-/// time, which took a third of an LSTM forward.
-pub(crate) fn transpose<T: Real>(w: &[T], rows: usize, cols: usize) -> Vec<T> {
-    const TILE: usize = 32;
+/// `w [rows, cols]` (row r at `w[r * stride]`), transposed: `[cols, rows]` row-major.
+pub(crate) fn transpose<T: Real>(w: &[T], rows: usize, cols: usize, stride: usize) -> Vec<T> {
+    const TILE: usize = 16;
     let mut t = vec![T::zero(); rows * cols];
-    // Tile by tile, so both the reads and the writes stay in cache.
+    // Tile by tile, so both the reads and the writes stay in cache; the writes run along a row of `t`.
     for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
         for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    t[c * rows + r] = w[r * cols + c];
+            for c in c0..(c0 + TILE).min(cols) {
+                let dst = &mut t[c * rows + r0..c * rows + r1];
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = w[(r0 + i) * stride + c];
                 }
             }
         }

@@ -6,16 +6,21 @@
 //! Inputs: `x [B, T, In]`; `w [G*H, In + H + 2]`, the columns `W_ih | W_hh | b_ih | b_hh` side by side (a
 //! small concatenation under autograd); `s0 [B, S*H]` (S = 2 for an LSTM's h and c). Output `[B, T, H]`.
 //!
-//! Forward: `xp = x W_ih^T + b` as one GEMM (b = b_ih + b_hh, or b_ih alone for the GRU, whose b_hh stays in the
-//! recurrence), then the recurrence ([`Inner`]). Backward: the recurrence's backward gives `dxp`; then
+//! Forward: `xp = x W_ih^T + b` as one GEMM (b = b_ih, plus b_hh for the RNN; the LSTM and GRU add b_hh in
+//! the recurrence), then the recurrence ([`Inner`]). Backward: the recurrence's backward gives `dxp`; then
 //! `dW_ih = dxp^T x` and (only when `x` needs it) `dx = dxp W_ih` as one GEMM each, and the biases as column
-//! sums.
+//! sums. The weights are read in place from `w`; only `W_hh^T` is built, once per forward.
+//!
+//! The batch is cut into one slice per thread: rows of a batch are independent through the whole recurrence,
+//! so each slice runs on its own thread with serial GEMMs, with no synchronisation per step. A batch of one
+//! row runs as one slice whose GEMMs may use every thread.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{FinalState, Inner, Mat, Real, matmul, slice};
+use super::{FinalState, Hidden, Inner, Mat, Real, matmul, slice};
 
 pub(crate) struct Projected<T: Real, K: Inner<T>> {
     inner: K,
@@ -27,67 +32,87 @@ pub(crate) struct Projected<T: Real, K: Inner<T>> {
     final_c: Option<FinalState>,
     /// Per slice of the batch (see [`Projected::slices`]).
     saved: Mutex<Option<Vec<K::Saved>>>,
+    _t: std::marker::PhantomData<fn() -> T>,
 }
 
-/// `w [G*H, In + H + 2]` split into `W_ih [G*H, In]`, the recurrence's weights (`W_hh [G*H, H]`, with `b_hh` as
-/// a last column for the GRU) and the bias added to `xp`.
-struct Split<T> {
-    w_ih: Vec<T>,
-    w_rec: Vec<T>,
-    bias: Vec<T>,
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("recurrent kernel: poisoned lock".into())
+}
+
+/// `buf` cut into consecutive chunks of `rows.len() * per_row` elements, one per range.
+fn chunks<'a, T>(mut buf: &'a mut [T], slices: &[Range<usize>], per_row: usize) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(slices.len());
+    for r in slices {
+        let (a, rest) = std::mem::take(&mut buf).split_at_mut(r.len() * per_row);
+        out.push(a);
+        buf = rest;
+    }
+    out
+}
+
+/// The elements of a CPU tensor, in place (a copy only when it is not contiguous).
+fn with_host<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(slice(cpu, layout, "tensor")?)),
+        _ => candle_core::bail!("recurrent kernel: expected a CPU tensor"),
+    }
 }
 
 impl<T: Real, K: Inner<T>> Projected<T, K> {
-    /// The batch cut into one slice per thread: rows of a batch are independent through the whole recurrence,
-    /// so each slice runs on its own thread with serial GEMMs, with no synchronisation per step. A batch of
-    /// one row runs as one slice whose GEMMs may use every thread.
-    fn slices(&self) -> Vec<std::ops::Range<usize>> {
+    fn slices(&self) -> Vec<Range<usize>> {
         let n = rayon::current_num_threads().min(self.batch).max(1);
         (0..n).map(|i| (i * self.batch / n)..((i + 1) * self.batch / n)).collect()
     }
 
-    /// Runs `f` on every slice, in parallel when there are several, and returns the results in slice order.
-    fn each<R: Send>(&self, f: impl Fn(std::ops::Range<usize>) -> R + Sync) -> Vec<R> {
+    /// Runs `f(rows, its chunk of a, its chunk of b)` for every slice, in parallel when there are several, and
+    /// returns the results in slice order.
+    fn each<R: Send>(
+        &self,
+        a: (&mut [T], usize),
+        b: (&mut [T], usize),
+        f: impl Fn(Range<usize>, &mut [T], &mut [T]) -> R + Sync,
+    ) -> Vec<R> {
         let slices = self.slices();
-        if slices.len() == 1 {
-            return slices.into_iter().map(&f).collect();
+        let work: Vec<_> =
+            slices.iter().cloned().zip(chunks(a.0, &slices, a.1)).zip(chunks(b.0, &slices, b.1)).collect();
+        if work.len() == 1 {
+            return work.into_iter().map(|((r, a), b)| f(r, a, b)).collect();
         }
         use rayon::prelude::*;
-        slices.into_par_iter().map(|r| super::serial(|| f(r))).collect()
+        work.into_par_iter().map(|((r, a), b)| super::serial(|| f(r, a, b))).collect()
     }
 
-    fn split(&self, w: &[T]) -> Split<T> {
-        let (inp, h) = (self.input, self.hidden);
-        let cols = inp + h + 2;
+    fn cols(&self) -> usize {
+        self.input + self.hidden + 2
+    }
+
+    /// The recurrence's weights, for a forward or a backward.
+    fn hidden<'a>(&self, w: &'a [T], forward: bool) -> Hidden<'a, T> {
+        let (inp, h, cols) = (self.input, self.hidden, self.cols());
         let rows = K::GATES * h;
-        let rec_cols = if K::HH_BIAS_INSIDE { h + 1 } else { h };
-        let mut s = Split {
-            w_ih: Vec::with_capacity(rows * inp),
-            w_rec: Vec::with_capacity(rows * rec_cols),
-            bias: Vec::with_capacity(rows),
-        };
-        for row in w.chunks_exact(cols) {
-            s.w_ih.extend_from_slice(&row[..inp]);
-            s.w_rec.extend_from_slice(&row[inp..inp + h]);
-            let (b_ih, b_hh) = (row[inp + h], row[inp + h + 1]);
-            if K::HH_BIAS_INSIDE {
-                s.w_rec.push(b_hh);
-                s.bias.push(b_ih);
-            } else {
-                s.bias.push(b_ih + b_hh);
-            }
-        }
-        s
+        let b_hh = if K::HH_BIAS_INSIDE { (0..rows).map(|r| w[r * cols + inp + h + 1]).collect() } else { Vec::new() };
+        Hidden::new(&w[inp..], cols, K::GATES, h, b_hh, forward)
     }
 
     /// `xp [B*T, G*H] = x [B*T, In] W_ih^T + bias`.
-    fn project(&self, x: &[T], w: &Split<T>) -> Vec<T> {
-        let (rows, g) = (self.batch * self.seq_len, K::GATES * self.hidden);
+    fn project(&self, x: &[T], w: &[T]) -> Vec<T> {
+        let (rows, g, cols, inp, h) =
+            (self.batch * self.seq_len, K::GATES * self.hidden, self.cols(), self.input, self.hidden);
+        let bias: Vec<T> = (0..g)
+            .map(|r| {
+                let b_ih = w[r * cols + inp + h];
+                if K::HH_BIAS_INSIDE { b_ih } else { b_ih + w[r * cols + inp + h + 1] }
+            })
+            .collect();
         let mut xp = Vec::with_capacity(rows * g);
         for _ in 0..rows {
-            xp.extend_from_slice(&w.bias);
+            xp.extend_from_slice(&bias);
         }
-        matmul(rows, g, self.input, &mut xp, g, true, Mat::rows(x, self.input), Mat::rows_t(&w.w_ih, self.input));
+        // W_ih^T as a view: row r of W_ih starts at w[r * cols].
+        let w_ih_t = Mat { ptr: w.as_ptr(), rs: 1, cs: cols as isize };
+        matmul(rows, g, inp, &mut xp, g, true, Mat::rows(x, inp), w_ih_t);
         xp
     }
 }
@@ -107,33 +132,28 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, t, inp, h) = (self.batch, self.seq_len, self.input, self.hidden);
-        if l1.dims() != [b, t, inp] || l2.dims() != [K::GATES * h, inp + h + 2] || l3.dims() != [b, K::STATES * h] {
+        if l1.dims() != [b, t, inp] || l2.dims() != [K::GATES * h, self.cols()] || l3.dims() != [b, K::STATES * h] {
             candle_core::bail!("recurrent kernel: unexpected shapes {:?} {:?} {:?}", l1.dims(), l2.dims(), l3.dims());
         }
-        let w = self.split(slice(s2, l2, "w")?);
-        let xp = self.project(slice(s1, l1, "x")?, &w);
+        let w = slice(s2, l2, "w")?;
+        let xp = self.project(slice(s1, l1, "x")?, w);
+        let hidden = self.hidden(w, true);
         let s0 = slice(s3, l3, "s0")?;
         let (g, sw) = (K::GATES * h, K::STATES * h);
-        let parts = self.each(|r| {
+        let mut out = vec![T::zero(); b * t * h];
+        let saved = self.each((&mut out, t * h), (&mut [], 0), |r, out, _| {
             let inner = self.inner.rows(r.clone());
-            inner.run(&xp[r.start * t * g..r.end * t * g], &w.w_rec, &s0[r.start * sw..r.end * sw])
+            inner.run(&xp[r.start * t * g..r.end * t * g], &hidden, &s0[r.start * sw..r.end * sw], out, self.keep)
         });
-        let mut out = Vec::with_capacity(b * t * h);
-        let mut saved = Vec::with_capacity(parts.len());
-        for (o, sv) in parts {
-            out.extend_from_slice(&o);
-            saved.push(sv);
-        }
         if let Some(sink) = &self.final_c {
             let mut cells = Vec::with_capacity(b * h);
             for (r, sv) in self.slices().into_iter().zip(&saved) {
                 cells.extend(self.inner.rows(r).final_cell(sv).unwrap_or_default());
             }
-            *sink.lock().map_err(|_| candle_core::Error::Msg("recurrent kernel: poisoned".into()))? =
-                (!cells.is_empty()).then_some(cells);
+            *sink.lock().map_err(|_| poisoned())? = (!cells.is_empty()).then_some(cells);
         }
         if self.keep {
-            *self.saved.lock().map_err(|_| candle_core::Error::Msg("recurrent kernel: poisoned".into()))? = Some(saved);
+            *self.saved.lock().map_err(|_| poisoned())? = Some(saved);
         }
         Ok((T::to_cpu_storage_owned(out), Shape::from((b, t, h))))
     }
@@ -146,63 +166,69 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let guard = self.saved.lock().map_err(|_| candle_core::Error::Msg("recurrent kernel: poisoned".into()))?;
+        let guard = self.saved.lock().map_err(|_| poisoned())?;
         let Some(saved) = guard.as_ref() else {
             candle_core::bail!("recurrent kernel: backward without saved activations")
         };
         let (b, t, inp, h) = (self.batch, self.seq_len, self.input, self.hidden);
-        let (rows, g) = (b * t, K::GATES * h);
-        let split = self.split(&w.flatten_all()?.to_vec1::<T>()?);
-        let dout = grad.flatten_all()?.to_vec1::<T>()?;
-        let slices = self.slices();
-        let parts = self.each(|r| {
-            let i = slices.iter().position(|s| *s == r).unwrap_or(0);
-            self.inner.rows(r.clone()).grad(&saved[i], &split.w_rec, &dout[r.start * t * h..r.end * t * h])
-        });
-        let mut dxp = Vec::with_capacity(rows * g);
-        let mut ds0 = Vec::with_capacity(b * K::STATES * h);
-        let mut dw_rec: Vec<T> = Vec::new();
-        for (dx_c, dw_c, ds_c) in parts {
-            dxp.extend_from_slice(&dx_c);
-            ds0.extend_from_slice(&ds_c);
-            if dw_rec.is_empty() {
-                dw_rec = dw_c;
-            } else {
-                for (a, v) in dw_rec.iter_mut().zip(dw_c) {
-                    *a += v;
+        let (rows, g, cols) = (b * t, K::GATES * h, self.cols());
+        let mut dxp = vec![T::zero(); rows * g];
+        let mut ds0 = vec![T::zero(); b * K::STATES * h];
+        let mut dw = vec![T::zero(); g * cols];
+        let dx = with_host(w, |w: &[T]| -> Result<Option<Vec<T>>> {
+            let hidden = self.hidden(w, false);
+            let parts = with_host(grad, |dout: &[T]| {
+                let slices = self.slices();
+                self.each((&mut dxp, t * g), (&mut ds0, K::STATES * h), |r, dxp, ds0| {
+                    let i = slices.iter().position(|s| *s == r).unwrap_or(0);
+                    self.inner.rows(r.clone()).grad(&saved[i], &hidden, &dout[r.start * t * h..r.end * t * h], dxp, ds0)
+                })
+            })?;
+            // dW_hh and db_hh summed over the slices, into their columns of dw.
+            for (dw_hh, db_hh) in parts {
+                for j in 0..g {
+                    let row = &mut dw[j * cols..(j + 1) * cols];
+                    for (d, &v) in row[inp..inp + h].iter_mut().zip(&dw_hh[j * h..(j + 1) * h]) {
+                        *d += v;
+                    }
+                    if let Some(&v) = db_hh.get(j) {
+                        row[inp + h + 1] += v;
+                    }
                 }
             }
-        }
-        let xs = x.flatten_all()?.to_vec1::<T>()?;
-        // dW_ih = dxp^T [G*H, B*T] x x [B*T, In]
-        let mut dw_ih = vec![T::zero(); g * inp];
-        matmul(g, inp, rows, &mut dw_ih, inp, false, Mat::rows_t(&dxp, g), Mat::rows(&xs, inp));
-        let mut db = vec![T::zero(); g];
-        for row in dxp.chunks_exact(g) {
-            for (d, &v) in db.iter_mut().zip(row) {
-                *d += v;
+            // dW_ih = dxp^T [G*H, B*T] x x [B*T, In], into the first columns of dw.
+            with_host(x, |xs: &[T]| {
+                matmul(g, inp, rows, &mut dw, cols, false, Mat::rows_t(&dxp, g), Mat::rows(xs, inp))
+            })?;
+            let db = super::column_sums(&dxp, g);
+            for j in 0..g {
+                dw[j * cols + inp + h] = db[j];
+                if !K::HH_BIAS_INSIDE {
+                    dw[j * cols + inp + h + 1] = db[j];
+                }
             }
-        }
-        let cols = inp + h + 2;
-        let rec_cols = if K::HH_BIAS_INSIDE { h + 1 } else { h };
-        let mut dw = vec![T::zero(); g * cols];
-        for j in 0..g {
-            let row = &mut dw[j * cols..(j + 1) * cols];
-            row[..inp].copy_from_slice(&dw_ih[j * inp..(j + 1) * inp]);
-            row[inp..inp + h].copy_from_slice(&dw_rec[j * rec_cols..j * rec_cols + h]);
-            row[inp + h] = db[j];
-            row[inp + h + 1] = if K::HH_BIAS_INSIDE { dw_rec[j * rec_cols + h] } else { db[j] };
-        }
+            // dx = dxp [B*T, G*H] x W_ih [G*H, In], only when something upstream needs it.
+            Ok(x.track_op().then(|| {
+                let mut dx = vec![T::zero(); rows * inp];
+                matmul(
+                    rows,
+                    inp,
+                    g,
+                    &mut dx,
+                    inp,
+                    false,
+                    Mat::rows(&dxp, g),
+                    Mat { ptr: w.as_ptr(), rs: cols as isize, cs: 1 },
+                );
+                dx
+            }))
+        })??;
         let dev = grad.device();
-        // dx = dxp [B*T, G*H] x W_ih [G*H, In], only when something upstream needs it.
-        let dx = if x.track_op() {
-            let mut dx = vec![T::zero(); rows * inp];
-            matmul(rows, inp, g, &mut dx, inp, false, Mat::rows(&dxp, g), Mat::rows(&split.w_ih, inp));
-            Some(Tensor::from_vec(dx, (b, t, inp), dev)?)
-        } else {
-            None
-        };
-        Ok((dx, Some(Tensor::from_vec(dw, (g, cols), dev)?), Some(Tensor::from_vec(ds0, (b, K::STATES * h), dev)?)))
+        Ok((
+            dx.map(|dx| Tensor::from_vec(dx, (b, t, inp), dev)).transpose()?,
+            Some(Tensor::from_vec(dw, (g, cols), dev)?),
+            Some(Tensor::from_vec(ds0, (b, K::STATES * h), dev)?),
+        ))
     }
 }
 
@@ -241,24 +267,32 @@ pub fn projected(
         final_c: Option<FinalState>,
     ) -> Projected<T, K> {
         let (batch, seq_len, input, hidden) = dims;
-        Projected { inner, batch, seq_len, input, hidden, keep, final_c, saved: Mutex::new(None) }
+        Projected {
+            inner,
+            batch,
+            seq_len,
+            input,
+            hidden,
+            keep,
+            final_c,
+            saved: Mutex::new(None),
+            _t: std::marker::PhantomData,
+        }
     }
     let dims = (b, t, inp, h);
     macro_rules! run {
         ($t:ty) => {
             match kind {
-                Kind::Lstm => x.apply_op3(
-                    &w,
-                    &s0,
-                    op::<$t, _>(super::lstm::LstmSeq::inner(b, t, h, lengths), dims, keep, final_c),
-                ),
+                Kind::Lstm => {
+                    x.apply_op3(&w, &s0, op::<$t, _>(super::lstm::LstmSeq::new(b, t, h, lengths), dims, keep, final_c))
+                }
                 Kind::Gru => {
-                    x.apply_op3(&w, &s0, op::<$t, _>(super::gru::GruSeq::inner(b, t, h, lengths), dims, keep, final_c))
+                    x.apply_op3(&w, &s0, op::<$t, _>(super::gru::GruSeq::new(b, t, h, lengths), dims, keep, final_c))
                 }
                 Kind::Rnn { relu } => x.apply_op3(
                     &w,
                     &s0,
-                    op::<$t, _>(super::rnn::RnnSeq::inner(b, t, h, relu, lengths), dims, keep, final_c),
+                    op::<$t, _>(super::rnn::RnnSeq::new(b, t, h, relu, lengths), dims, keep, final_c),
                 ),
             }
         };
