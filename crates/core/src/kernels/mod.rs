@@ -303,6 +303,16 @@ pub(crate) fn slice<'a, T: Real>(
     }
 }
 
+/// Runs `f` on the elements of a CPU tensor in place (a copy only when it is not contiguous).
+pub(crate) fn with_host<T: Real, R>(t: &candle_core::Tensor, f: impl FnOnce(&[T]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(slice(cpu, layout, "tensor")?)),
+        _ => candle_core::bail!("kernel: expected a CPU tensor"),
+    }
+}
+
 thread_local! {
     /// Set while a kernel runs one slice of a batch on a worker thread: its GEMMs then stay on that thread.
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{FinalState, Hidden, Inner, Mat, Real, matmul, slice};
+use super::{FinalState, Hidden, Inner, Mat, Real, matmul, slice, with_host};
 
 pub(crate) struct Projected<T: Real, K: Inner<T>> {
     inner: K,
@@ -48,16 +48,6 @@ fn chunks<'a, T>(mut buf: &'a mut [T], slices: &[Range<usize>], per_row: usize) 
         buf = rest;
     }
     out
-}
-
-/// The elements of a CPU tensor, in place (a copy only when it is not contiguous).
-fn with_host<T: Real, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => Ok(f(slice(cpu, layout, "tensor")?)),
-        _ => candle_core::bail!("recurrent kernel: expected a CPU tensor"),
-    }
 }
 
 impl<T: Real, K: Inner<T>> Projected<T, K> {
