@@ -105,7 +105,7 @@ impl GruSeq {
             }
             // dh_{t-1} = dht * z + dhp_t [B, 3H] x W_hh [3H, H]
             dh.copy_from_slice(&dh_direct);
-            w.times(b, dhp_t, &mut dh, true);
+            w.times(b, dhp_t, g3, &mut dh, true);
         }
         // dW_hh = sum_t dhp_t^T h_{t-1}: [3H, T*B] x [T*B, H] in one GEMM; db_hh = column sums of dhp.
         let mut dw = vec![T::zero(); g3 * h];

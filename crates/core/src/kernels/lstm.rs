@@ -13,7 +13,7 @@
 //! With `lengths`, row b runs its first `lengths[b]` steps only: past them its state is carried unchanged and
 //! its output is zero, as PyTorch's packed sequences (see [`Lengths`]).
 
-use super::{Hidden, Inner, Lengths, Mat, Real, blocks, blocks_mut, column_sums, matmul, simd_fn};
+use super::{Hidden, Inner, Lengths, Mat, Real, blocks, blocks_mut, matmul, simd_fn};
 
 /// What the backward needs from the forward, time-major. Without a backward, each buffer holds the latest
 /// step only (`c` the latest two).
@@ -105,14 +105,15 @@ impl LstmSeq {
     ) -> (Vec<T>, Vec<T>) {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
-        let mut dgates = vec![T::zero(); t_len * b * g4];
         let mut dh = vec![T::zero(); b * h];
         let mut dc = vec![T::zero(); b * h];
+        // The gate gradients go straight into d xp (batch-major: row (b, t) at (b * T + t) * 4H), which the
+        // step's product then reads with a row stride of T * 4H.
+        let row_stride = t_len * g4;
         for t in (0..t_len).rev() {
             let gates = &s.gates[t * b * g4..(t + 1) * b * g4];
             let c_prev = &s.c[t * b * h..(t + 1) * b * h];
             let tc_t = &s.tc[t * b * h..(t + 1) * b * h];
-            let dg = &mut dgates[t * b * g4..(t + 1) * b * g4];
             let carry = self.lengths.carry(&dh, t, b, h);
             for bi in 0..b {
                 if !self.lengths.live(bi, t) {
@@ -122,28 +123,29 @@ impl LstmSeq {
                 let r = bi * h..(bi + 1) * h;
                 let d_out = &dout[(bi * t_len + t) * h..(bi * t_len + t + 1) * h];
                 let gr = &gates[bi * g4..(bi + 1) * g4];
-                let drow = &mut dg[bi * g4..(bi + 1) * g4];
+                let drow = &mut dxp[bi * row_stride + t * g4..bi * row_stride + (t + 1) * g4];
                 cell_grad(gr, &c_prev[r.clone()], &tc_t[r.clone()], d_out, &dh[r.clone()], &mut dc[r], drow);
             }
             // dh_{t-1} = dgates_t [B, 4H] x W_hh [4H, H]
-            w.times(b, dg, &mut dh, false);
+            w.times(b, &dxp[t * g4..], row_stride, &mut dh, false);
             Lengths::add_carry(&mut dh, carry, h);
         }
-        // dW_hh = sum_t dgates_t^T h_{t-1}: [4H, T*B] x [T*B, H] in one GEMM; db_hh = column sums of dgates.
-        let mut dw = vec![T::zero(); g4 * h];
-        matmul(g4, h, t_len * b, &mut dw, h, false, Mat::rows_t(&dgates, g4), Mat::rows(&s.h[..t_len * b * h], h));
-        let db = column_sums(&dgates, g4);
-        for t in 0..t_len {
-            for bi in 0..b {
-                let src = (t * b + bi) * g4;
-                dxp[(bi * t_len + t) * g4..(bi * t_len + t + 1) * g4].copy_from_slice(&dgates[src..src + g4]);
+        // h_{t-1} in d xp's row order, then dW_hh = sum dgates^T h_{t-1}: [4H, B*T] x [B*T, H] in one GEMM.
+        let mut h_prev = vec![T::zero(); b * t_len * h];
+        for bi in 0..b {
+            for t in 0..t_len {
+                let src = (t * b + bi) * h;
+                h_prev[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&s.h[src..src + h]);
             }
         }
+        let mut dw = vec![T::zero(); g4 * h];
+        matmul(g4, h, t_len * b, &mut dw, h, false, Mat::rows_t(dxp, g4), Mat::rows(&h_prev, h));
         for bi in 0..b {
             ds0[bi * 2 * h..bi * 2 * h + h].copy_from_slice(&dh[bi * h..(bi + 1) * h]);
             ds0[bi * 2 * h + h..(bi + 1) * 2 * h].copy_from_slice(&dc[bi * h..(bi + 1) * h]);
         }
-        (dw, db)
+        // d b_hh = d b_ih: left to the caller.
+        (dw, Vec::new())
     }
 }
 

@@ -177,14 +177,15 @@ impl<'a, T: Real> Hidden<'a, T> {
         }
     }
 
-    /// `dst [m, H] (+)= d [m, G*H] x W_hh` (built for a backward).
-    pub fn times(&self, m: usize, d: &[T], dst: &mut [T], accumulate: bool) {
+    /// `dst [m, H] (+)= d [m, G*H] x W_hh` (built for a backward), `d`'s rows `d_rs` apart.
+    pub fn times(&self, m: usize, d: &[T], d_rs: usize, dst: &mut [T], accumulate: bool) {
         let (hd, gh) = (self.hidden, self.gates * self.hidden);
         match &self.rhs {
-            Rhs::Packed(p) if small::matmul(m, d, gh, p, dst, hd, accumulate) => {}
+            Rhs::Packed(p) if small::matmul(m, d, d_rs, p, dst, hd, accumulate) => {}
             _ => {
                 let view = Mat { ptr: self.hh.as_ptr(), rs: self.stride as isize, cs: 1 };
-                matmul(m, hd, gh, dst, hd, accumulate, Mat::rows(d, gh), view)
+                let lhs = Mat { ptr: d.as_ptr(), rs: d_rs as isize, cs: 1 };
+                matmul(m, hd, gh, dst, hd, accumulate, lhs, view)
             }
         }
     }
@@ -205,8 +206,9 @@ pub(crate) trait Inner<T: Real>: Send + Sync + 'static {
     /// Writes `h` for every step into `out [B, T, H]` (zero past a row's length). With `keep`, keeps what the
     /// backward needs; otherwise only the final state.
     fn run(&self, xp: &[T], w: &Hidden<T>, s0: &[T], out: &mut [T], keep: bool) -> Self::Saved;
-    /// Writes d xp `[B, T, G*H]` and d s0 `[B, S*H]` for the incoming gradient of the output, and returns
-    /// (d W_hh `[G*H, H]`, d b_hh `[G*H]`, empty when b_hh joined xp).
+    /// Writes d xp `[B, T, G*H]` (zero-filled on entry) and d s0 `[B, S*H]` for the incoming gradient of the
+    /// output, and returns (d W_hh `[G*H, H]`, d b_hh `[G*H]`); d b_hh is left empty where it equals d b_ih (the
+    /// column sums of d xp, which the caller makes anyway).
     fn grad(&self, s: &Self::Saved, w: &Hidden<T>, dout: &[T], dxp: &mut [T], ds0: &mut [T]) -> (Vec<T>, Vec<T>);
     /// The final cell state `[B, H]` (an LSTM's; None otherwise).
     fn final_cell(&self, _s: &Self::Saved) -> Option<Vec<f64>> {

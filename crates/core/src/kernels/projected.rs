@@ -175,6 +175,7 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
                 })
             })?;
             // dW_hh and db_hh summed over the slices, into their columns of dw.
+            let db_hh_is_db = parts.iter().all(|(_, db_hh)| db_hh.is_empty());
             for (dw_hh, db_hh) in parts {
                 for j in 0..g {
                     let row = &mut dw[j * cols..(j + 1) * cols];
@@ -193,7 +194,7 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
             let db = super::column_sums(&dxp, g);
             for j in 0..g {
                 dw[j * cols + inp + h] = db[j];
-                if !K::HH_BIAS_INSIDE {
+                if db_hh_is_db {
                     dw[j * cols + inp + h + 1] = db[j];
                 }
             }

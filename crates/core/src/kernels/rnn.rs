@@ -71,7 +71,7 @@ impl RnnSeq {
                 activate_grad(&dh[r.clone()], g, &h_t[r.clone()], &mut d[r], self.relu);
             }
             // dh_{t-1} = dpre_t [B, H] x W_hh [H, H]
-            w.times(b, d, &mut dh, false);
+            w.times(b, d, h, &mut dh, false);
             Lengths::add_carry(&mut dh, carry, h);
         }
         let mut dw = vec![T::zero(); h * h];
