@@ -328,6 +328,11 @@ pub(crate) fn serial<R>(f: impl FnOnce() -> R) -> R {
     out
 }
 
+/// Whether this thread runs one slice of a batch (see [`serial`]).
+pub(crate) fn in_serial() -> bool {
+    SERIAL.with(|s| s.get())
+}
+
 pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     if SERIAL.with(|s| s.get()) {
         return Parallelism::None;

@@ -80,25 +80,41 @@ pub(crate) fn matmul<T: Real>(
     assert!(a.len() >= (m - 1) * a_rs + k && dst.len() >= (m - 1) * dst_rs + n, "small matmul: views out of bounds");
     #[cfg(target_arch = "x86_64")]
     if available::<T>() {
-        // SAFETY: T is f32 (checked above), so the casts are identities; the bounds of every access follow from
-        // the assertion above and the packed layout; the CPU has AVX2 and FMA.
-        unsafe {
-            avx2::matmul(
-                m,
-                k,
-                n,
-                a.as_ptr() as *const f32,
-                a_rs,
-                b.data.as_ptr() as *const f32,
-                dst.as_mut_ptr() as *mut f32,
-                dst_rs,
-                accumulate,
-            );
+        let panels = n.div_ceil(NR);
+        // One or two rows (a batch of one, not already cut into per-thread slices): the product reads all of B
+        // for very little arithmetic, so two threads each take half the panels (and half of B in their cache).
+        let split = m <= 2 && panels >= 16 && !super::in_serial() && rayon::current_num_threads() > 1;
+        let (a, b, dst) =
+            (Ptr(a.as_ptr() as *mut f32), Ptr(b.data.as_ptr() as *mut f32), Ptr(dst.as_mut_ptr() as *mut f32));
+        let run = |p0: usize, p1: usize| {
+            // SAFETY: T is f32 (`available`), so the casts are identities; every access stays inside the
+            // slices (the assertion above and the packed layout); the two halves write disjoint columns; the
+            // CPU has AVX2 and FMA.
+            unsafe { avx2::matmul(m, k, n, a.get(), a_rs, b.get(), p0..p1, dst.get(), dst_rs, accumulate) }
+        };
+        if split {
+            rayon::join(|| run(0, panels / 2), || run(panels / 2, panels));
+        } else {
+            run(0, panels);
         }
         return true;
     }
     false
 }
+
+/// A pointer handed to the threads of [`matmul`], which write disjoint parts of what it points to.
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+
+impl Ptr {
+    /// The pointer (a method, so that closures capture the whole `Ptr`, which is Send, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: see `matmul`: the threads read shared inputs and write disjoint columns.
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -117,6 +133,7 @@ mod avx2 {
         a: *const f32,
         a_rs: usize,
         b: *const f32,
+        panels: std::ops::Range<usize>,
         dst: *mut f32,
         dst_rs: usize,
         acc: bool,
@@ -127,12 +144,12 @@ mod avx2 {
             let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
             unsafe {
                 match rows {
-                    6 => block::<6, 2>(k, n, a, a_rs, b, dst, dst_rs, acc),
-                    5 => block::<5, 2>(k, n, a, a_rs, b, dst, dst_rs, acc),
-                    4 => block::<4, 2>(k, n, a, a_rs, b, dst, dst_rs, acc),
-                    3 => block::<3, 4>(k, n, a, a_rs, b, dst, dst_rs, acc),
-                    2 => block::<2, 4>(k, n, a, a_rs, b, dst, dst_rs, acc),
-                    _ => block::<1, 8>(k, n, a, a_rs, b, dst, dst_rs, acc),
+                    6 => block::<6, 2>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    5 => block::<5, 2>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    4 => block::<4, 2>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    3 => block::<3, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    2 => block::<2, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    _ => block::<1, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
                 }
             }
             r += rows;
@@ -148,18 +165,18 @@ mod avx2 {
         a: *const f32,
         a_rs: usize,
         b: *const f32,
+        panels: std::ops::Range<usize>,
         dst: *mut f32,
         dst_rs: usize,
         acc: bool,
     ) {
-        let panels = n.div_ceil(NR);
         let per = NV / 2;
-        let mut p = 0;
-        while p + per <= panels {
+        let mut p = panels.start;
+        while p + per <= panels.end {
             unsafe { tile::<MR, NV>(k, n, a, a_rs, b, p, dst, dst_rs, acc) };
             p += per;
         }
-        while p < panels {
+        while p < panels.end {
             unsafe { tile::<MR, 2>(k, n, a, a_rs, b, p, dst, dst_rs, acc) };
             p += 1;
         }
