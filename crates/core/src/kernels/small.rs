@@ -24,30 +24,33 @@ pub(crate) struct Packed<T> {
 impl<T: Real> Packed<T> {
     /// `B[i, j] = src[i * stride + j]`.
     pub fn rows(src: &[T], k: usize, n: usize, stride: usize) -> Self {
-        let panels = n.div_ceil(NR);
-        let mut data = vec![T::zero(); panels * k * NR];
-        for p in 0..panels {
+        Self::pack(k, n, |p, panel| {
             let (c0, w) = (p * NR, NR.min(n - p * NR));
             for i in 0..k {
-                data[(p * k + i) * NR..(p * k + i) * NR + w]
-                    .copy_from_slice(&src[i * stride + c0..i * stride + c0 + w]);
+                panel[i * NR..i * NR + w].copy_from_slice(&src[i * stride + c0..i * stride + c0 + w]);
             }
-        }
-        Packed { data, k, n }
+        })
     }
 
     /// `B = W^T` for `W [n, k]`, `W[j, i] = src[j * stride + i]`.
     pub fn transposed(src: &[T], k: usize, n: usize, stride: usize) -> Self {
-        let panels = n.div_ceil(NR);
-        let mut data = vec![T::zero(); panels * k * NR];
-        for p in 0..panels {
-            let panel = &mut data[p * k * NR..(p + 1) * k * NR];
+        Self::pack(k, n, |p, panel| {
             for c in 0..NR.min(n - p * NR) {
                 let row = &src[(p * NR + c) * stride..(p * NR + c) * stride + k];
                 for (i, &v) in row.iter().enumerate() {
                     panel[i * NR + c] = v;
                 }
             }
+        })
+    }
+
+    /// Fills each panel with `fill(p, panel)`, the panels shared out among the threads (packing is a serial
+    /// stretch of every call otherwise).
+    fn pack(k: usize, n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Self {
+        use rayon::prelude::*;
+        let mut data = vec![T::zero(); n.div_ceil(NR) * k * NR];
+        if k > 0 {
+            data.par_chunks_mut(k * NR).enumerate().with_min_len(8).for_each(|(p, panel)| fill(p, panel));
         }
         Packed { data, k, n }
     }
