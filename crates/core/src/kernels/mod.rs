@@ -334,7 +334,7 @@ pub(crate) fn in_serial() -> bool {
 }
 
 pub(crate) fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
-    if SERIAL.with(|s| s.get()) {
+    if in_serial() {
         return Parallelism::None;
     }
     let threads = candle_core::utils::get_num_threads();

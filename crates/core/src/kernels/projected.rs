@@ -56,22 +56,22 @@ impl<T: Real, K: Inner<T>> Projected<T, K> {
         (0..n).map(|i| (i * self.batch / n)..((i + 1) * self.batch / n)).collect()
     }
 
-    /// Runs `f(rows, its chunk of a, its chunk of b)` for every slice, in parallel when there are several, and
+    /// Runs `f(slice index, rows, its chunk of a, its chunk of b)` for every slice, in parallel when there are several, and
     /// returns the results in slice order.
     fn each<R: Send>(
         &self,
         a: (&mut [T], usize),
         b: (&mut [T], usize),
-        f: impl Fn(Range<usize>, &mut [T], &mut [T]) -> R + Sync,
+        f: impl Fn(usize, Range<usize>, &mut [T], &mut [T]) -> R + Sync,
     ) -> Vec<R> {
         let slices = self.slices();
         let work: Vec<_> =
-            slices.iter().cloned().zip(chunks(a.0, &slices, a.1)).zip(chunks(b.0, &slices, b.1)).collect();
+            slices.iter().cloned().zip(chunks(a.0, &slices, a.1)).zip(chunks(b.0, &slices, b.1)).enumerate().collect();
         if work.len() == 1 {
-            return work.into_iter().map(|((r, a), b)| f(r, a, b)).collect();
+            return work.into_iter().map(|(i, ((r, a), b))| f(i, r, a, b)).collect();
         }
         use rayon::prelude::*;
-        work.into_par_iter().map(|((r, a), b)| super::serial(|| f(r, a, b))).collect()
+        work.into_par_iter().map(|(i, ((r, a), b))| super::serial(|| f(i, r, a, b))).collect()
     }
 
     fn cols(&self) -> usize {
@@ -131,7 +131,7 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
         let s0 = slice(s3, l3, "s0")?;
         let (g, sw) = (K::GATES * h, K::STATES * h);
         let mut out = vec![T::zero(); b * t * h];
-        let saved = self.each((&mut out, t * h), (&mut [], 0), |r, out, _| {
+        let saved = self.each((&mut out, t * h), (&mut [], 0), |_, r, out, _| {
             let inner = self.inner.rows(r.clone());
             inner.run(&xp[r.start * t * g..r.end * t * g], &hidden, &s0[r.start * sw..r.end * sw], out, self.keep)
         });
@@ -168,9 +168,7 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
         let dx = with_host(w, |w: &[T]| -> Result<Option<Vec<T>>> {
             let hidden = self.hidden(w, false);
             let parts = with_host(grad, |dout: &[T]| {
-                let slices = self.slices();
-                self.each((&mut dxp, t * g), (&mut ds0, K::STATES * h), |r, dxp, ds0| {
-                    let i = slices.iter().position(|s| *s == r).unwrap_or(0);
+                self.each((&mut dxp, t * g), (&mut ds0, K::STATES * h), |i, r, dxp, ds0| {
                     self.inner.rows(r.clone()).grad(&saved[i], &hidden, &dout[r.start * t * h..r.end * t * h], dxp, ds0)
                 })
             })?;

@@ -60,7 +60,7 @@ impl<T: Real> Packed<T> {
 pub(crate) fn available<T: 'static>() -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
-        return std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        return super::has_avx2();
     }
     false
 }
