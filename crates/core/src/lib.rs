@@ -16,8 +16,13 @@ pub use candle_core::{DType, Device, Tensor};
 pub use checkpoint::write_atomic;
 pub use error::{Error, ErrorKind, Result};
 pub use host::{HostData, HostTensor};
-pub use layers::{Activation, DenseSpec, DropoutSpec, EmbeddingSpec, LayerSpec, LstmSpec, Nonlinearity, RecurrentSpec};
-pub use models::{CompileConfig, InitialState, Input, Precision, Sequential, SequentialConfig, StepOutput};
+pub use layers::{
+    Activation, DenseSpec, DropoutSpec, EmbeddingSpec, FeedForwardActivation, LayerNormSpec, LayerSpec, LstmSpec,
+    MultiHeadAttentionSpec, Nonlinearity, PositionKind, PositionalEncodingSpec, RecurrentSpec, TransformerBlockSpec,
+};
+pub use models::{
+    CompileConfig, GenerateConfig, InitialState, Input, Precision, Sequential, SequentialConfig, StepOutput,
+};
 pub use models::{MemoryNetwork, MemoryNetworkConfig, WeightTying};
 pub use rng::Rng;
 pub use train::{CrossEntropySpec, LossSpec, MseSpec, OptimizerKind, OptimizerSpec};

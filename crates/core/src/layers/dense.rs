@@ -60,21 +60,28 @@ impl Dense {
         if dims.len() < 2 || dims[dims.len() - 1] != self.input_size {
             return Err(Error::shape("dense", "input", format!("[batch, ..., {}]", self.input_size), dims));
         }
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        // [rows, in] x [in, units]: one GEMM whatever the leading axes.
-        let mut y = x.reshape((rows, self.input_size))?.matmul(&p[self.weight].t()?)?;
-        if let Some(b) = self.bias {
-            y = y.broadcast_add(&p[b])?;
-        }
-        y = match self.activation {
+        let bias = self.bias.map(|b| &p[b]);
+        let y = linear(x, &p[self.weight], bias)?;
+        Ok(match self.activation {
             Activation::Linear => y,
             Activation::Relu => y.relu()?,
             Activation::Tanh => y.tanh()?,
             Activation::Sigmoid => candle_nn::ops::sigmoid(&y)?,
-        };
-        let mut out = dims.to_vec();
-        let last = out.len() - 1;
-        out[last] = self.units;
-        Ok(y.reshape(out)?)
+        })
     }
+}
+
+/// `x [..., in] W^T + b` with `W [out, in]`: one GEMM over all leading axes.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let (units, input) = w.dims2()?;
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let mut y = x.reshape((rows, input))?.matmul(&w.t()?)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    let mut out = dims.to_vec();
+    let last = out.len() - 1;
+    out[last] = units;
+    Ok(y.reshape(out)?)
 }

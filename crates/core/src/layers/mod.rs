@@ -2,10 +2,14 @@
 //! layer that owns indices into the model's parameter list. Parameters are created here, initialised as
 //! PyTorch initialises the same modules, from the model's seeded [`Rng`].
 
+pub mod attention;
 pub mod dense;
 pub mod dropout;
 pub mod embedding;
+pub mod norm;
+pub mod positional;
 pub mod recurrent;
+pub mod transformer;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -13,10 +17,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 
+pub use attention::{MultiHeadAttention, MultiHeadAttentionSpec};
 pub use dense::{Activation, Dense, DenseSpec};
 pub use dropout::{Dropout, DropoutSpec};
 pub use embedding::{Embedding, EmbeddingSpec};
+pub use norm::{LayerNorm, LayerNormSpec};
+pub use positional::{PositionKind, PositionalEncoding, PositionalEncodingSpec};
 pub use recurrent::{Cell, LstmSpec, Nonlinearity, Recurrent, RecurrentSpec, RecurrentState};
+pub use transformer::{FeedForwardActivation, TransformerBlock, TransformerBlockSpec};
 
 /// A layer as the user describes it (JSON-able; `type` selects the variant).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +36,10 @@ pub enum LayerSpec {
     Gru(RecurrentSpec),
     Rnn(RecurrentSpec),
     Dropout(DropoutSpec),
+    MultiHeadAttention(MultiHeadAttentionSpec),
+    PositionalEncoding(PositionalEncodingSpec),
+    LayerNorm(LayerNormSpec),
+    TransformerBlock(TransformerBlockSpec),
 }
 
 impl LayerSpec {
@@ -39,6 +51,10 @@ impl LayerSpec {
             LayerSpec::Gru(_) => "gru",
             LayerSpec::Rnn(_) => "rnn",
             LayerSpec::Dropout(_) => "dropout",
+            LayerSpec::MultiHeadAttention(_) => "multiHeadAttention",
+            LayerSpec::PositionalEncoding(_) => "positionalEncoding",
+            LayerSpec::LayerNorm(_) => "layerNorm",
+            LayerSpec::TransformerBlock(_) => "transformerBlock",
         }
     }
 
@@ -48,6 +64,10 @@ impl LayerSpec {
             LayerSpec::Dense(s) => s.name.as_deref(),
             LayerSpec::Lstm(s) | LayerSpec::Gru(s) | LayerSpec::Rnn(s) => s.name.as_deref(),
             LayerSpec::Dropout(s) => s.name.as_deref(),
+            LayerSpec::MultiHeadAttention(s) => s.name.as_deref(),
+            LayerSpec::PositionalEncoding(s) => s.name.as_deref(),
+            LayerSpec::LayerNorm(s) => s.name.as_deref(),
+            LayerSpec::TransformerBlock(s) => s.name.as_deref(),
         }
     }
 }
@@ -116,9 +136,29 @@ impl Builder<'_> {
     }
 
     pub fn normal(&mut self, local: &str, shape: &[usize]) -> Result<usize> {
+        self.normal_std(local, shape, 1.0)
+    }
+
+    pub fn normal_std(&mut self, local: &str, shape: &[usize], std: f64) -> Result<usize> {
         let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| self.rng.normal()).collect();
+        let v: Vec<f64> = (0..n).map(|_| std * self.rng.normal()).collect();
         self.add(local, v, shape)
+    }
+
+    pub fn constant(&mut self, local: &str, shape: &[usize], value: f64) -> Result<usize> {
+        let n: usize = shape.iter().product();
+        self.add(local, vec![value; n], shape)
+    }
+
+    /// A builder for a sub-module: its parameters are named `prefix.name.*`, as PyTorch names nested modules.
+    pub fn child(&mut self, name: &str) -> Builder<'_> {
+        Builder {
+            params: &mut *self.params,
+            rng: &mut *self.rng,
+            dtype: self.dtype,
+            device: self.device,
+            prefix: format!("{}.{name}", self.prefix),
+        }
     }
 
     fn add(&mut self, local: &str, v: Vec<f64>, shape: &[usize]) -> Result<usize> {

@@ -4,4 +4,6 @@ pub mod memory_network;
 pub mod sequential;
 
 pub use memory_network::{MemoryNetwork, MemoryNetworkConfig, WeightTying};
-pub use sequential::{CompileConfig, InitialState, Input, Precision, Sequential, SequentialConfig, StepOutput};
+pub use sequential::{
+    CompileConfig, GenerateConfig, InitialState, Input, Precision, Sequential, SequentialConfig, StepOutput,
+};

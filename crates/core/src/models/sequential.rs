@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::host::{HostData, HostTensor};
+use crate::layers::attention::KvCache;
 use crate::layers::{
-    Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerSpec, Params, Recurrent, RecurrentState,
+    Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerNorm, LayerSpec, MultiHeadAttention, Params,
+    PositionalEncoding, Recurrent, RecurrentState, TransformerBlock,
 };
 use crate::rng::Rng;
 use crate::train::Trainer;
@@ -76,6 +78,10 @@ enum Layer {
     Dense(Dense),
     Recurrent(Recurrent),
     Dropout(Dropout),
+    Attention(MultiHeadAttention),
+    Positional(PositionalEncoding),
+    Norm(LayerNorm),
+    Block(TransformerBlock),
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +165,30 @@ impl Sequential {
                     let d = Dropout::build(s)?;
                     (Layer::Dropout(d), flow.unwrap_or(Flow::Features { size: None, seq: None }))
                 }
+                LayerSpec::MultiHeadAttention(s) => {
+                    let d = sequence_size(&here, flow, s.d_model, "dModel")?;
+                    let l = MultiHeadAttention::from_spec(s, d, &mut b)?;
+                    (Layer::Attention(l), Flow::Features { size: Some(d), seq: Some(true) })
+                }
+                LayerSpec::PositionalEncoding(s) => {
+                    let d = sequence_size(&here, flow, s.input_size, "inputSize")?;
+                    let l = PositionalEncoding::build(s, d, &mut b)?;
+                    (Layer::Positional(l), Flow::Features { size: Some(d), seq: Some(true) })
+                }
+                LayerSpec::LayerNorm(s) => {
+                    let d = input_size(&here, flow, s.input_size)?;
+                    let l = LayerNorm::build("layerNorm", d, s.eps, &mut b)?;
+                    let seq = match flow {
+                        Some(Flow::Features { seq, .. }) => seq,
+                        _ => None,
+                    };
+                    (Layer::Norm(l), Flow::Features { size: Some(d), seq })
+                }
+                LayerSpec::TransformerBlock(s) => {
+                    let d = sequence_size(&here, flow, Some(s.d_model), "dModel")?;
+                    let l = TransformerBlock::build(s, &mut b)?;
+                    (Layer::Block(l), Flow::Features { size: Some(d), seq: Some(true) })
+                }
             };
             nodes.push(Node { name, kind: spec.type_name(), layer, out, n_params: params.len() - before });
             flow = Some(out);
@@ -201,6 +231,10 @@ impl Sequential {
             Some(Layer::Embedding(e)) => Flow::Ids { vocab_size: e.vocab_size },
             Some(Layer::Dense(d)) => Flow::Features { size: Some(d.input_size), seq: None },
             Some(Layer::Recurrent(l)) => Flow::Features { size: Some(l.input_size), seq: Some(true) },
+            Some(Layer::Attention(l)) => Flow::Features { size: Some(l.d_model), seq: Some(true) },
+            Some(Layer::Positional(l)) => Flow::Features { size: Some(l.d_model), seq: Some(true) },
+            Some(Layer::Norm(l)) => Flow::Features { size: Some(l.size), seq: None },
+            Some(Layer::Block(l)) => Flow::Features { size: Some(l.d_model), seq: Some(true) },
             _ => Flow::Features { size: None, seq: None },
         }
     }
@@ -365,6 +399,106 @@ impl Sequential {
         trainer.train_step(y, |p, ctx| forward_nodes(nodes, &b, p, ctx))
     }
 
+    /// Every attention layer's probabilities for `x` in inference, `[batch, nHeads, seqLen, seqLen]`, by layer
+    /// name (a `transformerBlock`'s are its self-attention's).
+    pub fn attention_weights<'a>(&self, x: impl Into<Input<'a>>) -> Result<Vec<(String, HostTensor)>> {
+        let b = self.prepare(x.into(), &[])?;
+        let mut all = Vec::new();
+        self.trainer.infer(|p, ctx| run_nodes(&self.nodes, &b, p, ctx, None, Some(&mut all)))?;
+        if all.is_empty() {
+            return Err(Error::Type("attention: the model has no attention layer".into()));
+        }
+        all.into_iter().map(|(n, w)| Ok((n, HostTensor::from_tensor(&w)?))).collect()
+    }
+
+    /// The longest context a decoder-only stack takes (the smallest `maxLen` of its positional encodings), or
+    /// an error naming the layer that keeps it from decoding token by token.
+    fn decoder_window(&self) -> Result<usize> {
+        if !matches!(self.nodes.first().map(|n| &n.layer), Some(Layer::Embedding(_))) {
+            return Err(Error::Type("generate: the model must start with an embedding of token ids".into()));
+        }
+        let mut window = usize::MAX;
+        for node in &self.nodes {
+            let causal = match &node.layer {
+                Layer::Attention(a) => a.causal,
+                Layer::Block(l) => l.attn.causal,
+                Layer::Recurrent(_) => {
+                    return Err(Error::Type(format!(
+                        "generate: layer {:?} is recurrent; generate decodes Transformer stacks \
+                         (embedding, positionalEncoding, causal attention, layerNorm, dense)",
+                        node.name
+                    )));
+                }
+                Layer::Positional(l) => {
+                    window = window.min(l.max_len);
+                    true
+                }
+                _ => true,
+            };
+            if !causal {
+                return Err(Error::Type(format!(
+                    "generate: layer {:?} attends to later positions; a decoder needs causal: true",
+                    node.name
+                )));
+            }
+        }
+        Ok(window)
+    }
+
+    /// Continues `prompt` (token ids) by `max_tokens` sampled tokens and returns them (without the prompt).
+    ///
+    /// Keys and values are cached, so each new token runs the stack over one position. The context is the
+    /// positional encodings' `maxLen`: when it is full, the cache restarts from the last half of it (one full
+    /// forward over those positions), so the model always sees between half and all of its context.
+    pub fn generate(&self, prompt: &[i32], cfg: &GenerateConfig) -> Result<Vec<i32>> {
+        let window = self.decoder_window()?;
+        let Flow::Ids { vocab_size } = self.input_flow() else {
+            return Err(Error::Type("generate: the model must start with an embedding".into()));
+        };
+        if prompt.is_empty() {
+            return Err(Error::Range("generate: the prompt needs at least one token id".into()));
+        }
+        if let Some((i, &id)) = prompt.iter().enumerate().find(|&(_, &id)| id < 0 || id as usize >= vocab_size) {
+            return Err(Error::Range(format!("generate: prompt id {id} at index {i} is outside [0, {vocab_size})")));
+        }
+        if !(cfg.temperature.is_finite() && cfg.temperature >= 0.0) {
+            return Err(Error::Range(format!("generate: temperature must be >= 0, got {}", cfg.temperature)));
+        }
+        if cfg.top_k == Some(0) {
+            return Err(Error::Range("generate: topK must be a positive integer".into()));
+        }
+        let mut rng = Rng::new(cfg.seed);
+        let mut tokens = prompt.to_vec();
+        let mut out = Vec::with_capacity(cfg.max_tokens);
+        let mut cache = Cache::new(self.nodes.len());
+        let run = |ids: &[i32], cache: &mut Cache| -> Result<Vec<f64>> {
+            let x = HostTensor::new(HostData::I32(ids.to_vec()), vec![1, ids.len()])?;
+            // No lengths: padding masks do not apply to a decoded stream.
+            let b = Prepared { x: self.input_tensor(&x)?, lengths: None, states: HashMap::new() };
+            let logits = self.trainer.infer(|p, ctx| run_nodes(&self.nodes, &b, p, ctx, Some(cache), None))?;
+            let last = logits.dims().get(1).copied().unwrap_or(1) - 1;
+            Ok(logits.narrow(1, last, 1)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+        };
+        let start = tokens.len().saturating_sub(window);
+        let mut logits = run(&tokens[start..], &mut cache)?;
+        while out.len() < cfg.max_tokens {
+            let next = sample(&logits, cfg, &mut rng) as i32;
+            out.push(next);
+            tokens.push(next);
+            if out.len() == cfg.max_tokens {
+                break;
+            }
+            if cache.offset >= window {
+                cache = Cache::new(self.nodes.len());
+                let keep = (window / 2).max(1);
+                logits = run(&tokens[tokens.len() - keep..], &mut cache)?;
+            } else {
+                logits = run(&[next], &mut cache)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// Clears the state that `stateful` recurrent layers carry from call to call.
     pub fn reset_states(&self) {
         for node in &self.nodes {
@@ -460,17 +594,135 @@ struct Prepared {
 }
 
 fn forward_nodes(nodes: &[Node], b: &Prepared, p: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
+    run_nodes(nodes, b, p, ctx, None, None)
+}
+
+/// The forward pass. With a cache, `b.x` holds the positions after the cached ones (decoding); with `weights`,
+/// each attention layer's probabilities are collected under its name.
+fn run_nodes(
+    nodes: &[Node],
+    b: &Prepared,
+    p: &[Tensor],
+    ctx: &mut ForwardCtx,
+    mut cache: Option<&mut Cache>,
+    mut weights: Option<&mut Vec<(String, Tensor)>>,
+) -> Result<Tensor> {
     let mut h = b.x.clone();
+    let offset = cache.as_ref().map_or(0, |c| c.offset);
+    let want = weights.is_some();
     // Layers hold indices into the whole parameter list (see `Builder`), so each gets all of `p`.
     for (i, node) in nodes.iter().enumerate() {
-        h = match &node.layer {
-            Layer::Embedding(e) => e.forward(&h, p)?,
-            Layer::Dense(d) => d.forward(&h, p)?,
-            Layer::Recurrent(l) => l.forward(&h, b.lengths.as_ref(), b.states.get(&i), p, ctx)?,
-            Layer::Dropout(d) => d.forward(&h, ctx)?,
+        let kv = cache.as_mut().map(|c| &mut c.kv[i]);
+        let lengths = b.lengths.as_ref();
+        let (out, w) = match &node.layer {
+            Layer::Embedding(e) => (e.forward(&h, p)?, None),
+            Layer::Dense(d) => (d.forward(&h, p)?, None),
+            Layer::Recurrent(l) => (l.forward(&h, lengths, b.states.get(&i), p, ctx)?, None),
+            Layer::Dropout(d) => (d.forward(&h, ctx)?, None),
+            Layer::Attention(a) => a.forward(&h, lengths, p, ctx, kv, want)?,
+            Layer::Positional(l) => (l.forward(&h, offset, p, ctx)?, None),
+            Layer::Norm(l) => (l.forward(&h, p)?, None),
+            Layer::Block(l) => l.forward(&h, lengths, p, ctx, kv, want)?,
         };
+        if let (Some(all), Some(w)) = (weights.as_mut(), w) {
+            all.push((node.name.clone(), w));
+        }
+        h = out;
+    }
+    if let Some(c) = cache {
+        c.offset += b.x.dim(1)?;
     }
     Ok(h)
+}
+
+/// Per-layer keys and values of the positions decoded so far.
+struct Cache {
+    offset: usize,
+    kv: Vec<KvCache>,
+}
+
+impl Cache {
+    fn new(layers: usize) -> Self {
+        Cache { offset: 0, kv: vec![KvCache::default(); layers] }
+    }
+}
+
+/// Options of [`Sequential::generate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GenerateConfig {
+    pub max_tokens: usize,
+    /// Divides the logits before sampling; 0 picks the most likely token every time.
+    #[serde(default = "one")]
+    pub temperature: f64,
+    /// Sample among the `top_k` most likely tokens only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Draws a token from one row of logits.
+fn sample(logits: &[f64], cfg: &GenerateConfig, rng: &mut Rng) -> usize {
+    let best = |v: &[f64]| v.iter().enumerate().fold(0, |bi, (i, &x)| if x > v[bi] { i } else { bi });
+    if cfg.temperature == 0.0 {
+        return best(logits);
+    }
+    let mut scaled: Vec<f64> = logits.iter().map(|&x| x / cfg.temperature).collect();
+    if let Some(k) = cfg.top_k.filter(|&k| k < scaled.len()) {
+        let mut sorted = scaled.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let floor = sorted[k - 1];
+        // Ties at the floor stay in, as in nanoGPT's `logits < v[:, [-1]]`.
+        for x in scaled.iter_mut() {
+            if *x < floor {
+                *x = f64::NEG_INFINITY;
+            }
+        }
+    }
+    let max = scaled[best(&scaled)];
+    let probs: Vec<f64> = scaled.iter().map(|&x| (x - max).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    let mut u = rng.next_f64() * total;
+    for (i, &pr) in probs.iter().enumerate() {
+        if u < pr {
+            return i;
+        }
+        u -= pr;
+    }
+    best(&scaled)
+}
+
+/// The feature size of a layer that needs a sequence `[batch, seqLen, features]`; `field` names the option
+/// that gives it.
+fn sequence_size(here: &str, flow: Option<Flow>, given: Option<usize>, field: &str) -> Result<usize> {
+    if let Some(Flow::Features { seq: Some(false), .. }) = flow {
+        return Err(Error::Type(format!(
+            "{here}: needs a sequence [batch, seqLen, features], but the layer before returns only the last step \
+             (set returnSequences: true there)"
+        )));
+    }
+    match (flow, given) {
+        (None, Some(n)) if n > 0 => Ok(n),
+        (None, _) => Err(Error::Type(format!(
+            "{here}: the first layer receives float features, so it needs {field} (a positive integer)"
+        ))),
+        (Some(Flow::Features { size: Some(n), .. }), Some(g)) if g != n => {
+            Err(Error::Range(format!("{here}: {field} {g} does not match the {n} features the layer before returns")))
+        }
+        _ => input_size(
+            here,
+            flow,
+            given.or(match flow {
+                Some(Flow::Features { size: Some(n), .. }) => Some(n),
+                _ => None,
+            }),
+        ),
+    }
 }
 
 fn input_size(here: &str, flow: Option<Flow>, given: Option<usize>) -> Result<usize> {

@@ -98,6 +98,11 @@ impl Fixture {
         HostTensor::f32(v.iter().map(|&x| x as f32).collect(), shape).unwrap()
     }
 
+    pub fn f64(&self, name: &str) -> HostTensor {
+        let (shape, v) = self.get(name);
+        HostTensor::new(HostData::F64(v.clone()), shape.clone()).unwrap()
+    }
+
     pub fn i32(&self, name: &str) -> HostTensor {
         let (shape, v) = self.get(name);
         HostTensor::i32(v.iter().map(|&x| x as i32).collect(), shape).unwrap()
@@ -141,6 +146,9 @@ pub fn max_scaled_diff(got: &[f64], want: &[f64]) -> f64 {
 
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     let d = max_scaled_diff(got, want);
+    if std::env::var("ENGRAM_SHOW_DIFF").is_ok() {
+        eprintln!("{what}: {d:e}");
+    }
     assert!(d <= tol, "{what}: max scaled difference {d:e} exceeds {tol:e}");
 }
 
