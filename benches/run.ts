@@ -15,13 +15,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { attention } from './attention.js';
 import { lstm } from './lstm.js';
 import { memory } from './memory.js';
 import { recurrent } from './recurrent.js';
 import { fullBudget, quickBudget, type Suite } from './measure.js';
 import { renderMarkdown, writeReport, type Machine, type SuiteReport } from './report.js';
 
-const suites: Suite[] = [lstm, recurrent, memory];
+const suites: Suite[] = [lstm, recurrent, memory, attention];
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
