@@ -15,12 +15,16 @@ export type {
   DropoutSpec,
   EmbeddingSpec,
   LayerBase,
+  LayerNormSpec,
   LayerOptions,
   GruSpec,
   LayerSpec,
   LstmSpec,
+  MultiHeadAttentionSpec,
+  PositionalEncodingSpec,
   RecurrentBase,
   RnnSpec,
+  TransformerBlockSpec,
 } from './layers.js';
 export { optimizers } from './optimizers.js';
 export type { AdamOptions, AdamSpec, ClipOptions, OptimizerSpec, SgdOptions, SgdSpec } from './optimizers.js';
@@ -29,6 +33,7 @@ export type { Inputs, MemoryInputs, SequenceInputs } from './inputs.js';
 export type {
   CompileOptions,
   CrossEntropyLoss,
+  GenerateOptions,
   InitialStates,
   LstmInitialState,
   LossSpec,

@@ -107,8 +107,98 @@ export interface DropoutSpec extends LayerBase {
   rate: number;
 }
 
+/**
+ * Multi-head self-attention (Vaswani et al. 2017), as `nn.MultiheadAttention(batch_first=True)` with query, key
+ * and value all the input: parameters `in_proj_weight [3 dModel, dModel]`, `in_proj_bias`, `out_proj.weight`,
+ * `out_proj.bias`. Input and output `[batch, seqLen, dModel]`. A padded batch (the `lengths` input, or an
+ * embedding with `maskZero`) hides each row's padding keys; rows' padding positions still get outputs.
+ */
+export interface MultiHeadAttentionSpec extends LayerBase {
+  /** Selects the layer. */
+  type: 'multiHeadAttention';
+  /** Number of heads; must divide `dModel`. */
+  nHeads: number;
+  /** Feature size; only for a first layer (otherwise inferred). */
+  dModel?: number;
+  /** Let each position attend only to itself and earlier positions (default false). */
+  causal?: boolean;
+  /** Dropout on the attention probabilities, in training (default 0). */
+  dropout?: number;
+  /** Whether the projections have biases (default true). */
+  useBias?: boolean;
+}
+
+/**
+ * Adds a position code to a sequence `[batch, seqLen, dModel]`: `sinusoidal` (default; "Attention Is All You Need":
+ * `PE(pos, 2i) = sin(pos / 10000^(2i/d))`, `PE(pos, 2i+1) = cos(...)`, no parameters) or `learned` (a trainable
+ * `weight [maxLen, dModel]`, initialised N(0, 0.02²)).
+ */
+export interface PositionalEncodingSpec extends LayerBase {
+  /** Selects the layer. */
+  type: 'positionalEncoding';
+  /** `'sinusoidal'` (default) or `'learned'`. */
+  kind?: 'sinusoidal' | 'learned';
+  /** The longest sequence accepted (default 512); it is also the context that {@link Model.generate} keeps. */
+  maxLen?: number;
+  /** Dropout on the sum, in training (default 0). */
+  dropout?: number;
+  /** Feature size; only for a first layer (otherwise inferred). */
+  inputSize?: number;
+}
+
+/**
+ * Layer normalisation over the last axis (Ba et al. 2016), as `nn.LayerNorm`: `weight` (ones) and `bias`
+ * (zeros). Trains every parameter before it: it has its own backward pass.
+ */
+export interface LayerNormSpec extends LayerBase {
+  /** Selects the layer. */
+  type: 'layerNorm';
+  /** Added to the variance (default 1e-5). */
+  eps?: number;
+  /** Feature size; only for a first layer (otherwise inferred). */
+  inputSize?: number;
+}
+
+/**
+ * A Transformer block, as `nn.TransformerEncoderLayer(batch_first=True)`: self-attention and a feed-forward
+ * network, each with a residual connection and layer norm. Post-norm by default (`x = norm1(x + sa(x))`,
+ * `x = norm2(x + ff(x))`), pre-norm with `normFirst` (`x = x + sa(norm1(x))`, as GPT-2). Parameters
+ * `self_attn.in_proj_weight`, `self_attn.in_proj_bias`, `self_attn.out_proj.*`, `linear1.*`, `linear2.*`,
+ * `norm1.*`, `norm2.*`. Input and output `[batch, seqLen, dModel]`; with `causal` it is a decoder (GPT) block.
+ */
+export interface TransformerBlockSpec extends LayerBase {
+  /** Selects the layer. */
+  type: 'transformerBlock';
+  /** Feature size of the input and output. */
+  dModel: number;
+  /** Number of attention heads; must divide `dModel`. */
+  nHeads: number;
+  /** Hidden size of the feed-forward network (default 4 × dModel). */
+  ffDim?: number;
+  /** Layer norm before each sub-layer instead of after the residual sum (default false, as PyTorch). */
+  normFirst?: boolean;
+  /** Let each position attend only to itself and earlier positions (default false). */
+  causal?: boolean;
+  /** The feed-forward activation: `'relu'` (default) or `'gelu'` (the exact, erf-based GELU). */
+  activation?: 'relu' | 'gelu';
+  /** Dropout on the attention probabilities, after each sub-layer and inside the feed-forward, in training (default 0.1, as PyTorch). */
+  dropout?: number;
+  /** The layer norms' epsilon (default 1e-5). */
+  layerNormEps?: number;
+}
+
 /** Any layer spec. */
-export type LayerSpec = EmbeddingSpec | DenseSpec | LstmSpec | GruSpec | RnnSpec | DropoutSpec;
+export type LayerSpec =
+  | EmbeddingSpec
+  | DenseSpec
+  | LstmSpec
+  | GruSpec
+  | RnnSpec
+  | DropoutSpec
+  | MultiHeadAttentionSpec
+  | PositionalEncodingSpec
+  | LayerNormSpec
+  | TransformerBlockSpec;
 
 /** A layer spec without its `type`: what the {@link layers} builders take. */
 export type LayerOptions<T> = Omit<T, 'type'>;
@@ -127,4 +217,21 @@ export const layers = {
   rnn: (options: LayerOptions<RnnSpec>): RnnSpec => ({ type: 'rnn', ...options }),
   /** Dropout; see {@link DropoutSpec}. */
   dropout: (options: LayerOptions<DropoutSpec>): DropoutSpec => ({ type: 'dropout', ...options }),
+  /** Multi-head self-attention; see {@link MultiHeadAttentionSpec}. */
+  multiHeadAttention: (options: LayerOptions<MultiHeadAttentionSpec>): MultiHeadAttentionSpec => ({
+    type: 'multiHeadAttention',
+    ...options,
+  }),
+  /** Sinusoidal or learned positional encoding; see {@link PositionalEncodingSpec}. */
+  positionalEncoding: (options: LayerOptions<PositionalEncodingSpec> = {}): PositionalEncodingSpec => ({
+    type: 'positionalEncoding',
+    ...options,
+  }),
+  /** Layer normalisation; see {@link LayerNormSpec}. */
+  layerNorm: (options: LayerOptions<LayerNormSpec> = {}): LayerNormSpec => ({ type: 'layerNorm', ...options }),
+  /** A Transformer encoder (or, causal, decoder) block; see {@link TransformerBlockSpec}. */
+  transformerBlock: (options: LayerOptions<TransformerBlockSpec>): TransformerBlockSpec => ({
+    type: 'transformerBlock',
+    ...options,
+  }),
 };

@@ -86,6 +86,18 @@ export interface StepResult {
   gradNorm: number;
 }
 
+/** Options of {@link Model.generate}. */
+export interface GenerateOptions {
+  /** How many tokens to sample. */
+  maxTokens: number;
+  /** Divides the logits before sampling (default 1); 0 always takes the most likely token. */
+  temperature?: number;
+  /** Samples among the `topK` most likely tokens only (default: all). */
+  topK?: number;
+  /** Seeds the sampling: the same seed gives the same tokens. Default: random. */
+  seed?: number;
+}
+
 /** The spec a model was built from. */
 export interface ModelConfig {
   /** The layer specs, as given. */
@@ -204,6 +216,63 @@ export class Model {
     const xs = inputList(this.#kind, 'x', x).map(toNative);
     if (this.#kind !== 'memoryNetwork') throw new TypeError('attention: only a memory network has memory attention');
     return this.#enqueue('attention', (m) => m.attention(xs));
+  }
+
+  /**
+   * Sequential models: the attention probabilities of every attention layer (a `transformerBlock`'s are its
+   * self-attention's) for `x`, in inference mode, keyed by layer name: `[batch, nHeads, seqLen, seqLen]`, row i
+   * holding how much position i attends to each position. Masked positions get 0.
+   */
+  async attentionWeights(x: Inputs): Promise<Record<string, Tensor>> {
+    const xs = inputList(this.#kind, 'x', x).map(toNative);
+    if (this.#kind !== 'sequential') throw new TypeError('attentionWeights: use attention() for a memory network');
+    const list = await this.#enqueue('attentionWeights', (m) => m.attentionWeights(xs));
+    const out: Record<string, Tensor> = {};
+    for (const w of list) out[w.name] = w.tensor as Tensor;
+    return out;
+  }
+
+  /**
+   * Decoder-only Transformers (an embedding, then causal attention blocks): continues `promptIds` by sampling
+   * `maxTokens` token ids, and resolves to them (without the prompt). Keys and values are cached, so each new
+   * token runs the model over one position. The context is the positional encoding's `maxLen`: once it is full,
+   * the cache restarts from the last half of the text (one full pass), so the model sees between half and all
+   * of its context.
+   */
+  async generate(promptIds: ArrayLike<number>, options: GenerateOptions): Promise<Int32Array> {
+    if (typeof options !== 'object' || options === null) {
+      throw new TypeError(`generate: options must be { maxTokens, temperature?, topK?, seed? }, got ${describe(options)}`);
+    }
+    const { maxTokens, temperature, topK, seed, ...rest } = options;
+    const extra = Object.keys(rest);
+    if (extra.length > 0) throw new TypeError(`generate: unknown option ${extra.join(', ')}`);
+    if (!Number.isSafeInteger(maxTokens) || maxTokens < 0) {
+      throw new RangeError(`generate: maxTokens must be a non-negative integer, got ${String(maxTokens)}`);
+    }
+    if (temperature !== undefined && !(Number.isFinite(temperature) && temperature >= 0)) {
+      throw new RangeError(`generate: temperature must be a finite number >= 0, got ${String(temperature)}`);
+    }
+    if (topK !== undefined) positiveInt('generate: topK', topK, 1);
+    if (seed !== undefined && (!Number.isSafeInteger(seed) || seed < 0)) {
+      throw new RangeError(`generate: seed must be a non-negative safe integer, got ${String(seed)}`);
+    }
+    if (promptIds === null || typeof promptIds !== 'object' || typeof promptIds.length !== 'number') {
+      throw new TypeError(`generate: promptIds must be an Int32Array or an array of ids, got ${describe(promptIds)}`);
+    }
+    const ids = Int32Array.from(promptIds);
+    for (let i = 0; i < promptIds.length; i++) {
+      const v = promptIds[i];
+      if (!Number.isInteger(v) || v !== ids[i]) {
+        throw new RangeError(`generate: promptIds[${i}] must be an integer id, got ${String(v)}`);
+      }
+    }
+    const json = JSON.stringify({
+      maxTokens,
+      temperature: temperature ?? 1,
+      topK,
+      seed: seed ?? Math.floor(Math.random() * 2 ** 32),
+    });
+    return this.#enqueue('generate', (m) => m.generate(ids, json));
   }
 
   /**

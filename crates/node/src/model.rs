@@ -5,9 +5,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use engram_core::{
-    CompileConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential, SequentialConfig,
+    CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential, SequentialConfig,
 };
-use napi::bindgen_prelude::{AsyncTask, Env};
+use napi::bindgen_prelude::{AsyncTask, Env, Int32Array};
 use napi::{Task, bindgen_prelude::Result};
 use napi_derive::napi;
 
@@ -93,6 +93,21 @@ impl Model {
     pub fn attention(&self, inputs: Vec<JsTensor>) -> Result<AsyncTask<Job>> {
         let inputs = inputs_to_host(&inputs)?;
         Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Attention { inputs } }))
+    }
+
+    /// Sequential models: each attention layer's probabilities `[batch, nHeads, seqLen, seqLen]`, by layer name.
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<NamedTensor>>")]
+    pub fn attention_weights(&self, inputs: Vec<JsTensor>) -> Result<AsyncTask<Job>> {
+        let inputs = inputs_to_host(&inputs)?;
+        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::AttentionWeights { inputs } }))
+    }
+
+    /// Decoder-only Transformers: samples `maxTokens` ids after `prompt` (options as JSON:
+    /// `{ maxTokens, temperature, topK, seed }`).
+    #[napi(catch_unwind, ts_return_type = "Promise<Int32Array>")]
+    pub fn generate(&self, prompt: Int32Array, options_json: String) -> Result<AsyncTask<Job>> {
+        let cfg: GenerateConfig = parse_json("generate options", &options_json)?;
+        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Generate { prompt: prompt.to_vec(), cfg } }))
     }
 
     /// Compiles with `{ optimizer, loss }` as JSON; resets the optimizer state.
@@ -254,6 +269,8 @@ pub enum Work {
     Predict { inputs: Vec<HostTensor>, states: Vec<InitialState> },
     Evaluate { inputs: Vec<HostTensor>, y: HostTensor, states: Vec<InitialState> },
     Attention { inputs: Vec<HostTensor> },
+    AttentionWeights { inputs: Vec<HostTensor> },
+    Generate { prompt: Vec<i32>, cfg: GenerateConfig },
     Save { path: String },
     LoadWeights { path: String, prefix: String },
 }
@@ -261,6 +278,8 @@ pub enum Work {
 pub enum Done {
     Step(StepResult),
     Tensor(HostTensor),
+    Named(Vec<(String, HostTensor)>),
+    Ids(Vec<i32>),
     Nothing,
 }
 
@@ -271,7 +290,7 @@ pub struct Job {
 
 impl Task for Job {
     type Output = Done;
-    type JsValue = napi::bindgen_prelude::Either3<StepResult, JsTensor, ()>;
+    type JsValue = napi::bindgen_prelude::Either5<StepResult, JsTensor, Vec<NamedTensor>, Int32Array, ()>;
 
     fn compute(&mut self) -> Result<Done> {
         let op = match self.work {
@@ -279,6 +298,8 @@ impl Task for Job {
             Work::Predict { .. } => "predict",
             Work::Evaluate { .. } => "evaluate",
             Work::Attention { .. } => "attention",
+            Work::AttentionWeights { .. } => "attentionWeights",
+            Work::Generate { .. } => "generate",
             Work::Save { .. } => "save",
             Work::LoadWeights { .. } => "loadWeights",
         };
@@ -292,6 +313,8 @@ impl Task for Job {
                     }
                     Work::Predict { inputs, states } => Done::Tensor(m.predict(inputs, states).map_err(to_napi)?),
                     Work::Attention { inputs } => Done::Tensor(m.attention(inputs).map_err(to_napi)?),
+                    Work::AttentionWeights { inputs } => Done::Named(m.attention_weights(inputs).map_err(to_napi)?),
+                    Work::Generate { prompt, cfg } => Done::Ids(m.generate(prompt, cfg).map_err(to_napi)?),
                     Work::Evaluate { inputs, y, states } => {
                         let loss = m.evaluate(inputs, y, states).map_err(to_napi)?;
                         Done::Step(StepResult { loss, grad_norm: 0.0 })
@@ -310,11 +333,15 @@ impl Task for Job {
     }
 
     fn resolve(&mut self, _env: Env, output: Done) -> Result<Self::JsValue> {
-        use napi::bindgen_prelude::Either3;
+        use napi::bindgen_prelude::Either5;
         Ok(match output {
-            Done::Step(s) => Either3::A(s),
-            Done::Tensor(t) => Either3::B(to_js(t)),
-            Done::Nothing => Either3::C(()),
+            Done::Step(s) => Either5::A(s),
+            Done::Tensor(t) => Either5::B(to_js(t)),
+            Done::Named(all) => {
+                Either5::C(all.into_iter().map(|(name, t)| NamedTensor { name, tensor: to_js(t) }).collect())
+            }
+            Done::Ids(ids) => Either5::D(Int32Array::new(ids)),
+            Done::Nothing => Either5::E(()),
         })
     }
 }

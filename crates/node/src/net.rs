@@ -6,7 +6,7 @@ use std::path::Path;
 
 use engram_core::checkpoint::{self, Checkpointed};
 use engram_core::{
-    CompileConfig, Device, Error, HostTensor, InitialState, MemoryNetwork, Result, Sequential, StepOutput,
+    CompileConfig, Device, Error, GenerateConfig, HostTensor, InitialState, MemoryNetwork, Result, Sequential, StepOutput,
     train::Trainer,
 };
 
@@ -106,6 +106,23 @@ impl Net {
                 m.attention(&i[0], &i[1])
             }
             Net::Sequential(_) => Err(Error::Type("attention: only a memory network has memory attention".into())),
+        }
+    }
+
+    /// Sequential models: each attention layer's probabilities `[batch, nHeads, seqLen, seqLen]`, by layer name.
+    pub fn attention_weights(&self, inputs: &[HostTensor]) -> Result<Vec<(String, HostTensor)>> {
+        match self {
+            Net::Sequential(m) => m.attention_weights(seq_input("attentionWeights", inputs)?),
+            Net::MemoryNetwork(_) => {
+                Err(Error::Type("attentionWeights: a memory network's attention comes from attention()".into()))
+            }
+        }
+    }
+
+    pub fn generate(&self, prompt: &[i32], cfg: &GenerateConfig) -> Result<Vec<i32>> {
+        match self {
+            Net::Sequential(m) => m.generate(prompt, cfg),
+            Net::MemoryNetwork(_) => Err(Error::Type("generate: a memory network answers queries; use predict".into())),
         }
     }
 
