@@ -5,7 +5,8 @@
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use engram_core::{
-    CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential, SequentialConfig,
+    CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential,
+    SequentialConfig,
 };
 use napi::bindgen_prelude::{AsyncTask, Env, Int32Array};
 use napi::{Task, bindgen_prelude::Result};

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use engram_core::checkpoint::{self, Checkpointed};
 use engram_core::{
-    CompileConfig, Device, Error, GenerateConfig, HostTensor, InitialState, MemoryNetwork, Result, Sequential, StepOutput,
-    train::Trainer,
+    CompileConfig, Device, Error, GenerateConfig, HostTensor, InitialState, MemoryNetwork, Result, Sequential,
+    StepOutput, train::Trainer,
 };
 
 pub enum Net {

@@ -4,6 +4,7 @@ pub mod activation;
 pub mod attention;
 pub mod bag;
 pub mod gru;
+pub mod linear;
 pub mod lstm;
 pub mod norm;
 pub mod projected;

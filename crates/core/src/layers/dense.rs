@@ -76,10 +76,16 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tenso
     let dims = x.dims();
     let (units, input) = w.dims2()?;
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let mut y = x.reshape((rows, input))?.matmul(&w.t()?)?;
-    if let Some(b) = b {
-        y = y.broadcast_add(b)?;
-    }
+    let x = x.reshape((rows, input))?;
+    let y = if matches!(x.device(), candle_core::Device::Cpu) {
+        crate::kernels::linear::linear(&x, w, b)?
+    } else {
+        let y = x.matmul(&w.t()?)?;
+        match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        }
+    };
     let mut out = dims.to_vec();
     let last = out.len() - 1;
     out[last] = units;
