@@ -45,10 +45,8 @@ fn cpu_fwd(
     bias: Option<(&CpuStorage, &Layout)>,
 ) -> Result<(CpuStorage, Shape)> {
     let (rows, input, out) = dims(l1, l2)?;
-    if let Some((_, lb)) = bias {
-        if lb.dims() != [out] {
-            candle_core::bail!("linear: bias {:?} for {out} outputs", lb.dims());
-        }
+    if let Some((_, lb)) = bias.filter(|(_, lb)| lb.dims() != [out]) {
+        candle_core::bail!("linear: bias {:?} for {out} outputs", lb.dims());
     }
     macro_rules! run {
         ($t:ty, $v:ident) => {{
@@ -64,8 +62,10 @@ fn cpu_fwd(
     Ok((storage, Shape::from((rows, out))))
 }
 
-/// `(dx if wanted, dW, db)`.
-fn backward<T: Real>(x: &Tensor, w: &Tensor, dy: &Tensor, want_dx: bool) -> Result<(Option<Vec<T>>, Vec<T>, Vec<T>)> {
+/// `dx` (when wanted), `dW`, `db`.
+type Grads<T> = (Option<Vec<T>>, Vec<T>, Vec<T>);
+
+fn backward<T: Real>(x: &Tensor, w: &Tensor, dy: &Tensor, want_dx: bool) -> Result<Grads<T>> {
     let (rows, input) = x.dims2()?;
     let out = w.dim(0)?;
     with_host(dy, |dy: &[T]| {
