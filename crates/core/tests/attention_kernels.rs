@@ -2,8 +2,8 @@
 //! against finite differences, in f64; and f32 against f64.
 
 use candle_core::{DType, Var};
-use engram_core::kernels::activation::gelu;
-use engram_core::kernels::attention::{Mask, sdpa};
+use engram_core::kernels::activation::{gelu, relu};
+use engram_core::kernels::attention::{Mask, sdpa, self_attention};
 use engram_core::kernels::norm::layer_norm;
 use engram_core::layers::ForwardCtx;
 use engram_core::layers::attention::attention_ops;
@@ -59,18 +59,28 @@ impl Case {
         }
     }
 
-    /// `sum(out * readout)` by the fused op or the generic ops.
-    fn loss(&self, fused: bool) -> Tensor {
+    /// `sum(out * readout)` by one of the three paths.
+    fn loss(&self, path: Path) -> Tensor {
         let [q, k, v] = self.qkv();
-        let out = if fused {
-            sdpa(&q, &k, &v, self.heads, &self.mask, false).unwrap().0
-        } else {
-            let mut rng = Rng::new(0);
-            let mut ctx = ForwardCtx { train: false, rng: &mut rng };
-            attention_ops(&q, &k, &v, self.heads, &self.mask, 0.0, &mut ctx).unwrap().0
+        let out = match (path, self.qkv.as_slice()) {
+            (Path::SelfAttention, [x]) => self_attention(x, self.heads, &self.mask, false).unwrap().0,
+            (Path::Fused | Path::SelfAttention, _) => sdpa(&q, &k, &v, self.heads, &self.mask, false).unwrap().0,
+            (Path::Generic, _) => {
+                let mut rng = Rng::new(0);
+                let mut ctx = ForwardCtx { train: false, rng: &mut rng };
+                attention_ops(&q, &k, &v, self.heads, &self.mask, 0.0, &mut ctx).unwrap().0
+            }
         };
         out.mul(&self.readout).unwrap().sum_all().unwrap()
     }
+}
+
+/// The fused op on three tensors, the fused op on one `qkv` tensor (where the case has one), candle's ops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Path {
+    Fused,
+    SelfAttention,
+    Generic,
 }
 
 fn masks(b: usize, tk: usize, rng: &mut Rng) -> Vec<Mask> {
@@ -93,13 +103,17 @@ fn attention_kernel_matches_generic_ops_forward_and_gradients() {
     for (b, tq, tk, heads, d) in SHAPES {
         for mask in masks(b, tk, &mut rng) {
             let case = Case::new(&mut rng, b, tq, tk, heads, d, mask.clone());
-            let (fused, generic) = (case.loss(true), case.loss(false));
-            let what = format!("B{b} Tq{tq} Tk{tk} H{heads} d{d} {mask:?}");
-            assert!((scalar(&fused) - scalar(&generic)).abs() < 1e-12, "{what}: forward");
-            let (gf, gg) = (fused.backward().unwrap(), generic.backward().unwrap());
-            for v in &case.qkv {
-                let diff = max_abs_diff(gf.get(v).unwrap(), gg.get(v).unwrap());
-                assert!(diff < 1e-12, "{what}: gradient differs by {diff:e}");
+            let generic = case.loss(Path::Generic);
+            let gg = generic.backward().unwrap();
+            for path in [Path::Fused, Path::SelfAttention] {
+                let fused = case.loss(path);
+                let what = format!("{path:?} B{b} Tq{tq} Tk{tk} H{heads} d{d} {mask:?}");
+                assert!((scalar(&fused) - scalar(&generic)).abs() < 1e-12, "{what}: forward");
+                let gf = fused.backward().unwrap();
+                for v in &case.qkv {
+                    let diff = max_abs_diff(gf.get(v).unwrap(), gg.get(v).unwrap());
+                    assert!(diff < 1e-12, "{what}: gradient differs by {diff:e}");
+                }
             }
         }
     }
@@ -150,7 +164,10 @@ fn attention_kernel_backward_matches_finite_differences() {
     for (b, tq, tk, heads, d) in [(2, 4, 4, 2, 3), (2, 2, 5, 1, 4)] {
         for mask in masks(b, tk, &mut rng) {
             let case = Case::new(&mut rng, b, tq, tk, heads, d, mask);
-            check_fd(&format!("B{b} Tq{tq} Tk{tk} {:?}", case.mask), &case.qkv, || case.loss(true), 1e-7);
+            for path in [Path::Fused, Path::SelfAttention] {
+                let what = format!("{path:?} B{b} Tq{tq} Tk{tk} {:?}", case.mask);
+                check_fd(&what, &case.qkv, || case.loss(path), 1e-7);
+            }
         }
     }
 }
@@ -185,6 +202,11 @@ fn gelu_kernel_matches_erf_gelu_and_finite_differences() {
     let r = random(&mut rng, &[3, 50], 1.0);
     assert!(max_abs_diff(&gelu(&x).unwrap(), &x.gelu_erf().unwrap()) < 1e-15);
     check_fd("gelu", std::slice::from_ref(&x), || gelu(&x).unwrap().mul(&r).unwrap().sum_all().unwrap(), 1e-8);
+    assert_eq!(max_abs_diff(&relu(&x).unwrap(), &x.relu().unwrap()), 0.0);
+    let (a, b) =
+        (relu(&x).unwrap().mul(&r).unwrap().sum_all().unwrap(), x.relu().unwrap().mul(&r).unwrap().sum_all().unwrap());
+    let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+    assert_eq!(max_abs_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap()), 0.0);
 }
 
 #[test]
@@ -211,4 +233,32 @@ fn kernels_in_f32_agree_with_f64() {
     assert!(diff < 5e-6, "layer norm f32 vs f64: {diff:e}");
     let diff = max_abs_diff(&gelu(&f32(&x)).unwrap(), &gelu(&x).unwrap());
     assert!(diff < 2e-6, "gelu f32 vs f64: {diff:e}");
+}
+
+#[test]
+fn linear_kernel_matches_generic_ops_and_finite_differences() {
+    let mut rng = Rng::new(13);
+    for bias in [true, false] {
+        let x = Var::from_tensor(&random(&mut rng, &[7, 5], 1.0)).unwrap();
+        let w = Var::from_tensor(&random(&mut rng, &[3, 5], 1.0)).unwrap();
+        let b = Var::from_tensor(&random(&mut rng, &[3], 1.0)).unwrap();
+        let r = random(&mut rng, &[7, 3], 1.0);
+        let loss = |fused: bool| {
+            let bt = bias.then(|| b.as_tensor());
+            let y = if fused {
+                engram_core::kernels::linear::linear(&x, &w, bt).unwrap()
+            } else {
+                let y = x.matmul(&w.t().unwrap()).unwrap();
+                if bias { y.broadcast_add(&b).unwrap() } else { y }
+            };
+            y.mul(&r).unwrap().sum_all().unwrap()
+        };
+        assert!((scalar(&loss(true)) - scalar(&loss(false))).abs() < 1e-12);
+        let (gf, gg) = (loss(true).backward().unwrap(), loss(false).backward().unwrap());
+        let vars = if bias { vec![x.clone(), w.clone(), b.clone()] } else { vec![x.clone(), w.clone()] };
+        for v in &vars {
+            assert!(max_abs_diff(gf.get(v).unwrap(), gg.get(v).unwrap()) < 1e-12, "bias {bias}");
+        }
+        check_fd(&format!("linear bias {bias}"), &vars, || loss(true), 1e-7);
+    }
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::dense::linear;
 use super::{Builder, ForwardCtx, check_positive, check_rate};
 use crate::error::{Error, Result};
-use crate::kernels::attention::{Mask, sdpa};
+use crate::kernels::attention::{Mask, sdpa, self_attention};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -101,6 +101,13 @@ impl MultiHeadAttention {
             dims => return Err(Error::shape("multiHeadAttention", "input", format!("[batch, seqLen, {dm}]"), dims)),
         }
         let qkv = linear(x, &p[self.in_w], self.in_b.map(|b| &p[b]))?;
+        let mask = Mask { lengths: lengths.cloned(), causal: self.causal };
+        let dropout = if ctx.train { self.dropout } else { 0.0 };
+        let fused = matches!(x.device(), Device::Cpu) && dropout == 0.0;
+        if fused && cache.is_none() {
+            let (o, w) = self_attention(&qkv, self.n_heads, &mask, weights)?;
+            return Ok((linear(&o, &p[self.out_w], self.out_b.map(|b| &p[b]))?, w));
+        }
         let q = qkv.narrow(2, 0, dm)?;
         let (mut k, mut v) = (qkv.narrow(2, dm, dm)?, qkv.narrow(2, 2 * dm, dm)?);
         if let Some(c) = cache {
@@ -111,9 +118,7 @@ impl MultiHeadAttention {
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
-        let mask = Mask { lengths: lengths.cloned(), causal: self.causal };
-        let dropout = if ctx.train { self.dropout } else { 0.0 };
-        let (o, w) = if matches!(x.device(), Device::Cpu) && dropout == 0.0 {
+        let (o, w) = if fused {
             sdpa(&q, &k, &v, self.n_heads, &mask, weights)?
         } else {
             attention_ops(&q, &k, &v, self.n_heads, &mask, dropout, ctx)?

@@ -97,11 +97,11 @@ impl TransformerBlock {
 
     fn feed_forward(&self, x: &Tensor, p: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
         let h = self.linear1.forward(x, p)?;
+        let cpu = matches!(h.device(), candle_core::Device::Cpu);
         let h = match self.activation {
+            FeedForwardActivation::Relu if cpu => crate::kernels::activation::relu(&h)?,
             FeedForwardActivation::Relu => h.relu()?,
-            FeedForwardActivation::Gelu if matches!(h.device(), candle_core::Device::Cpu) => {
-                crate::kernels::activation::gelu(&h)?
-            }
+            FeedForwardActivation::Gelu if cpu => crate::kernels::activation::gelu(&h)?,
             FeedForwardActivation::Gelu => h.gelu_erf()?,
         };
         let h = super::dropout(&h, self.dropout, ctx)?;
