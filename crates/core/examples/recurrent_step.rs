@@ -11,6 +11,8 @@ use engram_core::{CompileConfig, HostTensor, Rng, Sequential};
 use serde_json::json;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the Node addon does when it loads.
+    engram_core::kernels::inline_elementwise();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_string());
     let (cell, hidden, batch, op, iters) = (

@@ -8,12 +8,19 @@ mod tensor;
 
 pub use model::{Model, StepResult, load_model};
 
+/// Runs when the addon loads, on the JS thread, before any model exists.
+#[napi_derive::module_init]
+fn on_load() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tune_malloc();
+    engram_core::kernels::inline_elementwise();
+}
+
 /// glibc's allocator returns freed memory to the system eagerly: a buffer of a few megabytes (a recurrent
 /// kernel's gates, a gradient) is mapped fresh on every call and zero-filled page by page, which cost about 40%
 /// of an LSTM inference step. When the addon loads, keep freed memory in the heap instead (up to 512 MiB before
 /// trimming; allocations below 32 MiB from the heap). `ENGRAM_MALLOC_TUNING=0` leaves glibc's defaults.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[napi_derive::module_init]
 fn tune_malloc() {
     if std::env::var("ENGRAM_MALLOC_TUNING").is_ok_and(|v| v == "0") {
         return;

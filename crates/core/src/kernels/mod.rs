@@ -358,6 +358,23 @@ pub(crate) fn with_host<T: Real, R>(t: &candle_core::Tensor, f: impl FnOnce(&[T]
     }
 }
 
+/// Makes candle run its element-wise ops on the calling thread, unless the user has set `CANDLE_NUM_THREADS`.
+///
+/// candle hands element-wise ops of 64K elements or more to a pool of its own, whose workers spin for a while
+/// after each op. engram's heavy work (GEMMs, fused kernels) runs on rayon's threads, one per core, so the
+/// spinning worker takes a core from them: on 2 cores it took a third of a Transformer block's training step
+/// (20 ms against 16 ms; the nanoGPT configuration 71 against 51 ms). The ops left to candle are light passes
+/// over memory that gain little from a second thread.
+///
+/// candle reads the variable once, when its pool starts, so this must run before the first candle op; and as
+/// it writes the environment it must run while no other thread reads it: the Node addon calls it as it loads.
+pub fn inline_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called before engram starts any thread (see above); the variable is only read by candle.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 thread_local! {
     /// Set while a kernel runs one slice of a batch on a worker thread: its GEMMs then stay on that thread.
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
