@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 
 function runExample(file: string, args: string[]) {
   const r = spawnSync('npx', ['tsx', file, ...args], { encoding: 'utf8', env: process.env, timeout: 120_000 });
-  return { code: r.status, out: `${r.stdout}${r.stderr}` };
+  return { code: r.status, out: `${r.stdout}${r.stderr}`, stdout: r.stdout };
 }
 
 describe('examples', () => {
@@ -35,5 +35,20 @@ describe('examples', () => {
     const sample = /--- sample \(40 characters\) ---\nROMEO:\n([\s\S]*)\n---/.exec(out);
     expect(sample, out).not.toBeNull();
     expect(sample![1]!.length).toBe(40);
+  });
+
+  it('the Shakespeare GPT trains, evaluates on schedule, samples with generate and ends with its summary line', () => {
+    const { code, out, stdout } = runExample('examples/shakespeare-gpt.ts', ['--iters', '40', '--eval-every', '20', '--eval-windows', '24', '--sample', '50']);
+    expect(code, out).toBe(0);
+    const evals = [...out.matchAll(/^iter (\d+) +train loss ([\d.]+) +val loss ([\d.]+)/gm)];
+    expect(evals.map((m) => Number(m[1]))).toEqual([20, 40]);
+    // From ln(65) = 4.17 at the start, 40 steps of warm-up already bring the validation loss down.
+    expect(Number(evals[1]![3])).toBeLessThan(3.6);
+    const sample = /--- sample \(50 characters\) ---\nROMEO:\n([\s\S]*)\n---/.exec(out);
+    expect(sample, out).not.toBeNull();
+    expect(sample![1]!.length).toBe(50);
+    const last = stdout.trim().split('\n').at(-1)!;
+    expect(last).toMatch(/^val_loss=\d+\.\d+ wall_s=\d+\.\d+$/);
+    expect(Number(/val_loss=([\d.]+)/.exec(last)![1])).toBeCloseTo(Number(evals[1]![3]), 4);
   });
 });
