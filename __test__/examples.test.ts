@@ -51,4 +51,15 @@ describe('examples', () => {
     expect(last).toMatch(/^val_loss=\d+\.\d+ wall_s=\d+\.\d+$/);
     expect(Number(/val_loss=([\d.]+)/.exec(last)![1])).toBeCloseTo(Number(evals[1]![3]), 4);
   });
+
+  it('the masked-token example trains on masked characters and reports accuracy against a baseline', () => {
+    const { code, out } = runExample('examples/masked-lm.ts', ['--steps', '100']);
+    expect(code, out).toBe(0);
+    const loss = /step 100 +masked-token loss ([\d.]+)/.exec(out);
+    expect(loss, out).not.toBeNull();
+    // ln(65) = 4.17 before training.
+    expect(Number(loss![1])).toBeLessThan(3.6);
+    expect(out).toMatch(/masked-token accuracy [\d.]+% on \d+ held-out positions \(most-frequent-character baseline [\d.]+%\)/);
+    expect(out).toMatch(/^filled: {2}.{64}$/m);
+  });
 });

@@ -48,6 +48,8 @@ export type {
 } from './model.js';
 export type { FitOptions } from './fit.js';
 export type { Callbacks, History, Logs } from './callbacks.js';
+export { maskTokens } from './masking.js';
+export type { MaskedTokens, MaskTokensOptions } from './masking.js';
 export { dtypeOf, tensor } from './tensor.js';
 export type { DType, Tensor, TensorData } from './tensor.js';
 export * as datasets from './datasets/index.js';
