@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Mat, Real, matmul, simd_fn, with_host};
+use super::{Mat, Real, dot_lanes, matmul, max_lanes, simd_fn, sum_lanes, with_host};
 
 /// The keys each query may see.
 #[derive(Debug, Clone, Default)]
@@ -87,16 +87,11 @@ simd_fn! {
     /// Softmax of `scale * row[..n]` in place; the masked tail `row[n..]` becomes zero.
     fn softmax_row<T: Real>(row: &mut [T], n: usize, scale: T) {
         let (live, dead) = row.split_at_mut(n);
-        let mut max = T::neg_infinity();
-        for &x in live.iter() {
-            max = num_traits::Float::max(max, x);
-        }
-        let mut sum = T::zero();
+        let max = max_lanes(live);
         for x in live.iter_mut() {
             *x = ((*x - max) * scale).exp_();
-            sum += *x;
         }
-        let inv = T::one() / sum;
+        let inv = T::one() / sum_lanes(live);
         for x in live.iter_mut() {
             let e = *x;
             *x = e * inv;
@@ -112,10 +107,7 @@ simd_fn! {
     fn softmax_row_grad<T: Real>(p: &[T], dp: &mut [T], scale: T) {
         let n = dp.len();
         let p = &p[..n];
-        let mut dot = T::zero();
-        for j in 0..n {
-            dot += p[j] * dp[j];
-        }
+        let dot = dot_lanes(p, dp);
         for j in 0..n {
             dp[j] = scale * p[j] * (dp[j] - dot);
         }

@@ -116,6 +116,61 @@ macro_rules! simd_fn {
 }
 pub(crate) use simd_fn;
 
+/// `sum(v)` in 8 interleaved partial sums, so that the loop vectorises (a single running sum is a chain of
+/// dependent additions the compiler must keep in order).
+#[inline(always)]
+pub(crate) fn sum_lanes<T: Real>(v: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l];
+        }
+    }
+    let mut s = T::zero();
+    for &x in rest {
+        s += x;
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + s
+}
+
+/// `sum(a * b)` as [`sum_lanes`] does it.
+#[inline(always)]
+pub(crate) fn dot_lanes<T: Real>(a: &[T], b: &[T]) -> T {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [T::zero(); 8];
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let mut s = T::zero();
+    for i in n - n % 8..n {
+        s += a[i] * b[i];
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + s
+}
+
+/// `max(v)` (negative infinity when empty) as [`sum_lanes`] does it.
+#[inline(always)]
+pub(crate) fn max_lanes<T: Real>(v: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    let mut m = T::neg_infinity();
+    for &x in rest.iter().chain(acc.iter()) {
+        m = if x > m { x } else { m };
+    }
+    m
+}
+
 /// Branch-free f32 transcendental functions, accurate to a few units in the last place.
 pub mod fast {
     /// `exp(x)` by Cody-Waite range reduction `x = n ln2 + r`, `|r| <= ln2 / 2`, and a degree-6 polynomial
@@ -485,7 +540,19 @@ pub(crate) fn transpose<T: Real>(w: &[T], rows: usize, cols: usize, stride: usiz
 
 #[cfg(test)]
 mod tests {
-    use super::fast;
+    use super::{dot_lanes, fast, max_lanes, sum_lanes};
+
+    #[test]
+    fn lane_reductions_match_plain_loops_at_every_length() {
+        for n in 0..40 {
+            let a: Vec<f64> = (0..n).map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.25).collect();
+            let b: Vec<f64> = (0..n).map(|i| ((i * 13 % 7) as f64 - 3.0) * 0.5).collect();
+            assert!((sum_lanes(&a) - a.iter().sum::<f64>()).abs() < 1e-12, "sum, n {n}");
+            let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot_lanes(&a, &b) - dot).abs() < 1e-12, "dot, n {n}");
+            assert_eq!(max_lanes(&a), a.iter().copied().fold(f64::NEG_INFINITY, f64::max), "max, n {n}");
+        }
+    }
 
     #[test]
     fn fast_functions_match_libm_over_their_range() {

@@ -8,7 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{Real, simd_fn, slice, with_host};
+use super::{Real, simd_fn, slice, sum_lanes, with_host};
 
 /// Rows per task: fixed, so that the sums over rows (the weight gradients) add up in the same order whatever
 /// the thread count.
@@ -29,21 +29,35 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// A row's mean and `1 / sqrt(var + eps)`, written to `out`.
+    fn moments<T: Real>(x: &[T], out: &mut [T], eps: T) {
+        let n = T::from(x.len()).unwrap_or_else(T::one);
+        let mean = sum_lanes(x) / n;
+        let mut acc = [T::zero(); 8];
+        let chunks = x.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for l in 0..8 {
+                let d = c[l] - mean;
+                acc[l] += d * d;
+            }
+        }
+        let mut var = sum_lanes(&acc);
+        for &v in rest {
+            var += (v - mean) * (v - mean);
+        }
+        out[0] = mean;
+        out[1] = T::one() / (var / n + eps).sqrt();
+    }
+}
+
 /// A row's mean and `1 / sqrt(var + eps)`.
 #[inline]
-fn moments<T: Real>(x: &[T], eps: T) -> (T, T) {
-    let n = T::from(x.len()).unwrap_or_else(T::one);
-    let mut sum = T::zero();
-    for &v in x {
-        sum += v;
-    }
-    let mean = sum / n;
-    let mut var = T::zero();
-    for &v in x {
-        let c = v - mean;
-        var += c * c;
-    }
-    (mean, T::one() / (var / n + eps).sqrt())
+fn row_moments<T: Real>(x: &[T], eps: T) -> (T, T) {
+    let mut out = [T::zero(); 2];
+    moments(x, &mut out, eps);
+    (out[0], out[1])
 }
 
 simd_fn! {
@@ -51,8 +65,22 @@ simd_fn! {
     fn row_grad<T: Real>(x: &[T], w: &[T], dy: &[T], dx: &mut [T], dw: &mut [T], db: &mut [T], mean: T, r: T) {
         let n = dx.len();
         let (x, w, dy, dw, db) = (&x[..n], &w[..n], &dy[..n], &mut dw[..n], &mut db[..n]);
-        let (mut sum_g, mut sum_gx) = (T::zero(), T::zero());
-        for j in 0..n {
+        // Eight partial sums each, so that the loop vectorises (see `sum_lanes`).
+        let (mut sg, mut sgx) = ([T::zero(); 8], [T::zero(); 8]);
+        let whole = n - n % 8;
+        for c in (0..whole).step_by(8) {
+            for l in 0..8 {
+                let j = c + l;
+                let xh = (x[j] - mean) * r;
+                let g = dy[j] * w[j];
+                sg[l] += g;
+                sgx[l] += g * xh;
+                dw[j] += dy[j] * xh;
+                db[j] += dy[j];
+            }
+        }
+        let (mut sum_g, mut sum_gx) = (sum_lanes(&sg), sum_lanes(&sgx));
+        for j in whole..n {
             let xh = (x[j] - mean) * r;
             let g = dy[j] * w[j];
             sum_g += g;
@@ -75,7 +103,7 @@ impl LayerNorm {
         let mut y = vec![T::zero(); x.len()];
         let run = |(xs, ys): (&[T], &mut [T])| {
             for (xr, yr) in xs.chunks_exact(d).zip(ys.chunks_exact_mut(d)) {
-                let (mean, r) = moments(xr, eps);
+                let (mean, r) = row_moments(xr, eps);
                 normalise(xr, w, b, yr, mean, r);
             }
         };
@@ -95,7 +123,7 @@ impl LayerNorm {
         let run = |((xs, dys), dxs): ((&[T], &[T]), &mut [T])| {
             let (mut dw, mut db) = (vec![T::zero(); d], vec![T::zero(); d]);
             for ((xr, dyr), dxr) in xs.chunks_exact(d).zip(dys.chunks_exact(d)).zip(dxs.chunks_exact_mut(d)) {
-                let (mean, r) = moments(xr, eps);
+                let (mean, r) = row_moments(xr, eps);
                 row_grad(xr, w, dyr, dxr, &mut dw, &mut db, mean, r);
             }
             (dw, db)
