@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import type { Tensor } from '../src/index.js';
+import { tensor, type Tensor } from '../src/index.js';
 
 /** Reads a safetensors file (F32, F64 and I32 tensors) into tensors by name. */
 export function readSafetensors(path: string): Record<string, Tensor> {
@@ -50,3 +50,16 @@ export function tempDir(): string {
 
 /** The PyTorch fixture written by scripts/make-fixtures.py. */
 export const LSTM_FIXTURE = new URL('../crates/core/tests/fixtures/lstm_parity.safetensors', import.meta.url).pathname;
+
+/** Rows of the cycle 0, 1, ..., vocab - 1, 0, ... from different starts, with the next id of each as its target. */
+export function cycleBatch(batch: number, seqLen: number, vocab = 12): { x: Tensor; y: Tensor } {
+  const x = new Int32Array(batch * seqLen);
+  const y = new Int32Array(batch * seqLen);
+  for (let b = 0; b < batch; b++) {
+    for (let t = 0; t < seqLen; t++) {
+      x[b * seqLen + t] = (b + t) % vocab;
+      y[b * seqLen + t] = (b + t + 1) % vocab;
+    }
+  }
+  return { x: tensor(x, [batch, seqLen]), y: tensor(y, [batch, seqLen]) };
+}

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { layers, load, optimizers, sequential, tensor, type Tensor } from '../src/index.js';
-import { expectClose, tempDir } from './helpers.js';
+import { cycleBatch, expectClose, tempDir } from './helpers.js';
 
 function charModel(seed = 7) {
   return sequential(
@@ -13,19 +13,6 @@ function charModel(seed = 7) {
     ],
     { seed },
   );
-}
-
-/** A batch where each target is the next id of a cycle, which an LSTM learns in a few dozen steps. */
-function cycleBatch(batch: number, seqLen: number): { x: Tensor; y: Tensor } {
-  const x = new Int32Array(batch * seqLen);
-  const y = new Int32Array(batch * seqLen);
-  for (let b = 0; b < batch; b++) {
-    for (let t = 0; t < seqLen; t++) {
-      x[b * seqLen + t] = (b + t) % 12;
-      y[b * seqLen + t] = (b + t + 1) % 12;
-    }
-  }
-  return { x: tensor(x, [batch, seqLen]), y: tensor(y, [batch, seqLen]) };
 }
 
 describe('sequential model', () => {

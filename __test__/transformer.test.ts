@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { layers, load, optimizers, sequential, tensor, type Tensor } from '../src/index.js';
-import { expectClose, tempDir } from './helpers.js';
+import { cycleBatch, expectClose, tempDir } from './helpers.js';
 
 const VOCAB = 10;
 
@@ -19,24 +19,11 @@ function decoder(seed = 5, maxLen = 16) {
   );
 }
 
-/** Rows of the cycle 0, 1, ..., 9, 0, ... from different starts; each target is the next id. */
-function cycleBatch(batch: number, seqLen: number): { x: Tensor; y: Tensor } {
-  const x = new Int32Array(batch * seqLen);
-  const y = new Int32Array(batch * seqLen);
-  for (let b = 0; b < batch; b++) {
-    for (let t = 0; t < seqLen; t++) {
-      x[b * seqLen + t] = (b + t) % VOCAB;
-      y[b * seqLen + t] = (b + t + 1) % VOCAB;
-    }
-  }
-  return { x: tensor(x, [batch, seqLen]), y: tensor(y, [batch, seqLen]) };
-}
-
 describe('transformer layers', () => {
   it('a causal decoder learns a cycle and generate continues it', async () => {
     const model = decoder();
     model.compile({ optimizer: optimizers.adamw({ learningRate: 1e-2 }), loss: 'crossEntropy' });
-    const { x, y } = cycleBatch(10, 12);
+    const { x, y } = cycleBatch(10, 12, VOCAB);
     const first = (await model.trainStep(x, y)).loss;
     let last = first;
     for (let i = 0; i < 80; i++) last = (await model.trainStep(x, y)).loss;
@@ -99,7 +86,7 @@ describe('transformer layers', () => {
   it('saves and loads a Transformer with its predictions unchanged', async () => {
     const model = decoder(8);
     model.compile({ optimizer: optimizers.adam({ learningRate: 1e-3 }), loss: 'crossEntropy' });
-    const { x, y } = cycleBatch(4, 8);
+    const { x, y } = cycleBatch(4, 8, VOCAB);
     await model.trainStep(x, y);
     const file = join(tempDir(), 'gpt.safetensors');
     await model.save(file);

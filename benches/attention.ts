@@ -7,7 +7,6 @@
  * @module
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +14,7 @@ import * as tf from '@tensorflow/tfjs';
 import { seededRandom } from '../src/batching.js';
 import { layers, optimizers, sequential, tensor } from '../src/index.js';
 import { timeCase, type Budget, type Suite } from './measure.js';
-import { setUpWasm, type Subject } from './recurrent.js';
+import { python, setUpWasm, type Subject } from './recurrent.js';
 import type { CaseResult } from './report.js';
 
 const BATCH = 16;
@@ -251,11 +250,6 @@ interface TorchOut {
   torch: string;
   threads: number;
   results: (TorchCase & { path: string; meanMs: number; medianMs: number; minMs: number; iterations: number })[];
-}
-
-function python(): string | undefined {
-  const candidates = [process.env.ENGRAM_TORCH_PYTHON, path.join(repoRoot, '.venv', 'bin', 'python')];
-  return candidates.find((p): p is string => p !== undefined && existsSync(p));
 }
 
 /** Runs the PyTorch peer on every case in one process; undefined (with the reason logged) if it cannot. */

@@ -127,7 +127,8 @@ interface TorchOut {
   results: (CaseResult & { cell: Cell; batch: number })[];
 }
 
-function python(): string | undefined {
+/** The Python that runs the PyTorch peers: `$ENGRAM_TORCH_PYTHON`, else the repo's `.venv`. */
+export function python(): string | undefined {
   const candidates = [process.env.ENGRAM_TORCH_PYTHON, path.join(repoRoot, '.venv', 'bin', 'python')];
   return candidates.find((p): p is string => p !== undefined && existsSync(p));
 }

@@ -28,13 +28,13 @@ Prints one JSON object: {"torch": version, "threads": N,
 
 import json
 import os
-import statistics
 import sys
-import time
 import warnings
 
 import torch
 from torch import nn
+
+from torch_timing import time_case
 
 # A CUDA build of torch warns on a machine whose driver it cannot use; this peer runs on the CPU only.
 warnings.filterwarnings("ignore", message="CUDA initialization")
@@ -90,37 +90,6 @@ class Gpt(nn.Module):
         for block in self.blocks:
             h = block(h, src_mask=self.mask[:t, :t], is_causal=True)
         return self.head(self.norm(h))
-
-
-def time_case(fn, budget):
-    """Warm up, then time calls until both the iteration count and the time budget are reached."""
-    start = time.perf_counter()
-    n = 0
-    while n < budget["warmupIterations"] or (time.perf_counter() - start) * 1000 < budget["warmupMs"]:
-        fn()
-        n += 1
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < budget["iterations"] or (time.perf_counter() - start) * 1000 < budget["timeMs"]:
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return {
-        "meanMs": statistics.fmean(samples),
-        "medianMs": statistics.median(samples),
-        "minMs": min(samples),
-        "iterations": len(samples),
-    }
-
-
-# Operator names that tell the attention paths apart, in the order they are looked for.
-PATHS = [
-    ("aten::_transformer_encoder_layer_fwd", "fast path (fused aten::_transformer_encoder_layer_fwd)"),
-    ("aten::_native_multi_head_attention", "native multi-head attention (aten::_native_multi_head_attention)"),
-    ("aten::_scaled_dot_product_flash_attention_for_cpu", "standard path, SDPA flash-attention CPU kernel"),
-    ("aten::_scaled_dot_product_attention_math", "standard path, SDPA math kernel"),
-    ("aten::scaled_dot_product_attention", "standard path, scaled_dot_product_attention"),
-]
 
 
 def attention_path(fn):

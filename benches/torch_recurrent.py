@@ -10,12 +10,12 @@ Linear(H, 64) logits, cross-entropy on class ids, Adam (lr 1e-3); seqLen 50; flo
 """
 
 import json
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
+
+from torch_timing import time_case
 
 SEQ_LEN = 50
 INPUT_SIZE = 64
@@ -32,27 +32,6 @@ class Model(nn.Module):
     def forward(self, x):
         seq, _ = self.rnn(x)
         return self.out(seq[:, -1])
-
-
-def time_case(fn, budget):
-    """Warm up, then time calls until both the iteration count and the time budget are reached."""
-    start = time.perf_counter()
-    n = 0
-    while n < budget["warmupIterations"] or (time.perf_counter() - start) * 1000 < budget["warmupMs"]:
-        fn()
-        n += 1
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < budget["iterations"] or (time.perf_counter() - start) * 1000 < budget["timeMs"]:
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return {
-        "meanMs": statistics.fmean(samples),
-        "medianMs": statistics.median(samples),
-        "minMs": min(samples),
-        "iterations": len(samples),
-    }
 
 
 def main():

@@ -12,7 +12,7 @@ use candle_core::{D, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::dense::linear;
-use super::{Builder, ForwardCtx, check_positive, check_rate};
+use super::{Builder, ForwardCtx, check_positive, check_rate, seq_len};
 use crate::error::{Error, Result};
 use crate::kernels::attention::{Mask, sdpa, self_attention};
 
@@ -96,10 +96,7 @@ impl MultiHeadAttention {
         weights: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let dm = self.d_model;
-        match x.dims() {
-            [_, _, d] if *d == dm => {}
-            dims => return Err(Error::shape("multiHeadAttention", "input", format!("[batch, seqLen, {dm}]"), dims)),
-        }
+        seq_len("multiHeadAttention", x, dm)?;
         let qkv = linear(x, &p[self.in_w], self.in_b.map(|b| &p[b]))?;
         let mask = Mask { lengths: lengths.cloned(), causal: self.causal };
         let dropout = if ctx.train { self.dropout } else { 0.0 };

@@ -184,6 +184,14 @@ pub(crate) fn dropout(x: &Tensor, rate: f64, ctx: &mut ForwardCtx) -> Result<Ten
     Ok(x.mul(&mask)?)
 }
 
+/// The sequence length of `x`, which must be `[batch, seqLen, features]`.
+pub(crate) fn seq_len(op: &'static str, x: &Tensor, features: usize) -> Result<usize> {
+    match x.dims() {
+        [_, t, d] if *d == features => Ok(*t),
+        dims => Err(Error::shape(op, "input", format!("[batch, seqLen, {features}]"), dims)),
+    }
+}
+
 pub(crate) fn check_rate(op: &str, rate: f64) -> Result<()> {
     if !(0.0..1.0).contains(&rate) {
         return Err(Error::Range(format!("{op}: rate must be in [0, 1), got {rate}")));

@@ -9,7 +9,7 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Builder, ForwardCtx, check_positive, check_rate};
+use super::{Builder, ForwardCtx, check_positive, check_rate, seq_len};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -78,17 +78,7 @@ impl PositionalEncoding {
 
     /// `x [B, T, D]` holding positions `offset..offset + T`.
     pub(crate) fn forward(&self, x: &Tensor, offset: usize, p: &[Tensor], ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let t = match x.dims() {
-            [_, t, d] if *d == self.d_model => *t,
-            dims => {
-                return Err(Error::shape(
-                    "positionalEncoding",
-                    "input",
-                    format!("[batch, seqLen, {}]", self.d_model),
-                    dims,
-                ));
-            }
-        };
+        let t = seq_len("positionalEncoding", x, self.d_model)?;
         if offset + t > self.max_len {
             return Err(Error::Range(format!(
                 "positionalEncoding: the sequence has {} positions but maxLen is {}; raise maxLen or shorten the input",

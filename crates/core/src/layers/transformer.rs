@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::attention::{KvCache, MultiHeadAttention};
 use super::norm::{LayerNorm, default_eps};
-use super::{Activation, Builder, Dense, DenseSpec, ForwardCtx, check_positive, check_rate};
-use crate::error::{Error, Result};
+use super::{Activation, Builder, Dense, DenseSpec, ForwardCtx, check_positive, check_rate, seq_len};
+use crate::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -119,17 +119,7 @@ impl TransformerBlock {
         cache: Option<&mut KvCache>,
         weights: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        match x.dims() {
-            [_, _, d] if *d == self.d_model => {}
-            dims => {
-                return Err(Error::shape(
-                    "transformerBlock",
-                    "input",
-                    format!("[batch, seqLen, {}]", self.d_model),
-                    dims,
-                ));
-            }
-        }
+        seq_len("transformerBlock", x, self.d_model)?;
         let rate = self.dropout;
         if self.norm_first {
             let (a, w) = self.attn.forward(&self.norm1.forward(x, p)?, lengths, p, ctx, cache, weights)?;
