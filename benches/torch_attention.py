@@ -92,6 +92,16 @@ class Gpt(nn.Module):
         return self.head(self.norm(h))
 
 
+# Operator names that tell the attention paths apart, in the order they are looked for.
+PATHS = [
+    ("aten::_transformer_encoder_layer_fwd", "fast path (fused aten::_transformer_encoder_layer_fwd)"),
+    ("aten::_native_multi_head_attention", "native multi-head attention (aten::_native_multi_head_attention)"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "standard path, SDPA flash-attention CPU kernel"),
+    ("aten::_scaled_dot_product_attention_math", "standard path, SDPA math kernel"),
+    ("aten::scaled_dot_product_attention", "standard path, scaled_dot_product_attention"),
+]
+
+
 def attention_path(fn):
     """Profiles one call of `fn` and names the attention path it took."""
     # The profiler logs its start and stop on file descriptor 2 from C++: hide that from the suite's output.
