@@ -106,6 +106,9 @@ describe('transformer layers', () => {
     expect(() => sequential([layers.embedding({ vocabSize: 5, dim: 8 }), layers.transformerBlock({ dModel: 6, nHeads: 2 })])).toThrow(
       /dModel 6 does not match the 8 features/,
     );
+    expect(() => sequential([layers.transformerBlock({ dModel: 8, nHeads: 2, dropout: 1 })])).toThrow(
+      /transformerBlock: dropout must be in \[0, 1\), got 1/,
+    );
     const model = decoder(9, 8);
     await expect(model.predict(tensor(new Int32Array(12), [1, 12]))).rejects.toThrow(/12 positions but maxLen is 8/);
     await expect(model.generate([1, 99], { maxTokens: 2 })).rejects.toThrow(/prompt id 99 at index 1 is outside \[0, 10\)/);

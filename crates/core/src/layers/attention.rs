@@ -68,7 +68,7 @@ impl MultiHeadAttention {
         b: &mut Builder,
     ) -> Result<Self> {
         check_positive(op, "nHeads", n_heads)?;
-        check_rate(op, dropout)?;
+        check_rate(op, "dropout", dropout)?;
         if !d_model.is_multiple_of(n_heads) {
             return Err(Error::Range(format!("{op}: dModel ({d_model}) must be divisible by nHeads ({n_heads})")));
         }

@@ -22,7 +22,7 @@ pub struct Dropout {
 
 impl Dropout {
     pub(crate) fn build(spec: &DropoutSpec) -> Result<Self> {
-        check_rate("dropout", spec.rate)?;
+        check_rate("dropout", "rate", spec.rate)?;
         Ok(Dropout { rate: spec.rate })
     }
 

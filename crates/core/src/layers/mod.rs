@@ -192,9 +192,10 @@ pub(crate) fn seq_len(op: &'static str, x: &Tensor, features: usize) -> Result<u
     }
 }
 
-pub(crate) fn check_rate(op: &str, rate: f64) -> Result<()> {
+/// A dropout probability, named `what` in the message.
+pub(crate) fn check_rate(op: &str, what: &str, rate: f64) -> Result<()> {
     if !(0.0..1.0).contains(&rate) {
-        return Err(Error::Range(format!("{op}: rate must be in [0, 1), got {rate}")));
+        return Err(Error::Range(format!("{op}: {what} must be in [0, 1), got {rate}")));
     }
     Ok(())
 }

@@ -68,7 +68,7 @@ pub fn sinusoidal_table(max_len: usize, d: usize, dtype: DType, device: &Device)
 impl PositionalEncoding {
     pub(crate) fn build(spec: &PositionalEncodingSpec, d_model: usize, b: &mut Builder) -> Result<Self> {
         check_positive("positionalEncoding", "maxLen", spec.max_len)?;
-        check_rate("positionalEncoding", spec.dropout)?;
+        check_rate("positionalEncoding", "dropout", spec.dropout)?;
         let (weight, table) = match spec.kind {
             PositionKind::Learned => (Some(b.normal_std("weight", &[spec.max_len, d_model], 0.02)?), None),
             PositionKind::Sinusoidal => (None, Some(sinusoidal_table(spec.max_len, d_model, b.dtype, b.device)?)),

@@ -145,7 +145,7 @@ impl Recurrent {
         };
         check_positive(kind, "hiddenSize", spec.hidden_size)?;
         check_positive(kind, "numLayers", spec.num_layers)?;
-        check_rate(&format!("{kind} dropout"), spec.dropout)?;
+        check_rate(&format!("{kind} dropout"), "rate", spec.dropout)?;
         if spec.stateful && spec.bidirectional {
             return Err(Error::Type(format!(
                 "{kind}: stateful and bidirectional do not go together (the backward direction would start from the \

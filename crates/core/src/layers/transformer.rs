@@ -70,7 +70,7 @@ impl TransformerBlock {
     pub(crate) fn build(spec: &TransformerBlockSpec, b: &mut Builder) -> Result<Self> {
         let op = "transformerBlock";
         check_positive(op, "dModel", spec.d_model)?;
-        check_rate(op, spec.dropout)?;
+        check_rate(op, "dropout", spec.dropout)?;
         let d = spec.d_model;
         let ff = spec.ff_dim.unwrap_or(4 * d);
         check_positive(op, "ffDim", ff)?;

@@ -406,7 +406,7 @@ impl Sequential {
         let mut all = Vec::new();
         self.trainer.infer(|p, ctx| run_nodes(&self.nodes, &b, p, ctx, None, Some(&mut all)))?;
         if all.is_empty() {
-            return Err(Error::Type("attention: the model has no attention layer".into()));
+            return Err(Error::Type("attentionWeights: the model has no attention layer".into()));
         }
         all.into_iter().map(|(n, w)| Ok((n, HostTensor::from_tensor(&w)?))).collect()
     }
