@@ -48,14 +48,21 @@ const model = sequential(
     ...Array.from({ length: 4 }, () =>
       layers.transformerBlock({ dModel: D_MODEL, nHeads: 4, ffDim: 4 * D_MODEL, normFirst: true, causal: true, activation: 'gelu', dropout: 0 }),
     ),
-    layers.layerNorm(),
+    layers.layerNorm({ name: 'norm' }),
     layers.dense({ units: vocabSize }),
   ],
   { seed },
 );
-// nanoGPT's Shakespeare settings: beta2 0.99 (few tokens per step), weight decay 0.1, gradients clipped at 1.
+// nanoGPT's Shakespeare settings: beta2 0.99 (few tokens per step), weight decay 0.1 on the weight matrices and
+// embeddings only (not on biases and layer norms), gradients clipped at 1.
 model.compile({
-  optimizer: optimizers.adamw({ learningRate: MAX_LR, beta2: 0.99, weightDecay: 0.1, clipNorm: 1 }),
+  optimizer: optimizers.adamw({
+    learningRate: MAX_LR,
+    beta2: 0.99,
+    weightDecay: 0.1,
+    excludeFromWeightDecay: ['bias', 'norm'],
+    clipNorm: 1,
+  }),
   loss: 'crossEntropy',
 });
 model.summary();

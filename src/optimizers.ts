@@ -23,6 +23,8 @@ export interface SgdOptions extends ClipOptions {
   nesterov?: boolean;
   /** L2 penalty added to the gradient. Default 0. */
   weightDecay?: number;
+  /** Parameters whose names contain any of these strings get no weight decay, e.g. `['bias', 'norm']`. */
+  excludeFromWeightDecay?: string[];
 }
 
 /** Adam, as `torch.optim.Adam`; `weightDecay` is an L2 penalty added to the gradient. */
@@ -37,6 +39,11 @@ export interface AdamOptions extends ClipOptions {
   epsilon?: number;
   /** Default 0 for adam, 0.01 for adamw. */
   weightDecay?: number;
+  /**
+   * Parameters whose names contain any of these strings get no weight decay (as a PyTorch parameter group with
+   * `weight_decay=0`), e.g. `['bias', 'norm']` to decay only the weight matrices, as GPT-2 and nanoGPT do.
+   */
+  excludeFromWeightDecay?: string[];
 }
 
 /** SGD as a spec. */

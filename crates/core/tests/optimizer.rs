@@ -97,3 +97,43 @@ fn cross_entropy_sum_reduction_is_the_mean_times_the_counted_targets() {
     let (m, s) = (mean.evaluate(&x, &y, &[]).unwrap(), sum.evaluate(&x, &y, &[]).unwrap());
     assert!((s - 5.0 * m).abs() < 1e-5 * s.abs(), "sum {s} vs 5 x mean {m}");
 }
+
+#[test]
+fn excluded_parameters_get_no_weight_decay() {
+    use engram_core::HostTensor;
+    let spec = serde_json::json!({ "seed": 4, "layers": [
+        { "type": "embedding", "vocabSize": 6, "dim": 4 },
+        { "type": "transformerBlock", "dModel": 4, "nHeads": 2, "ffDim": 8, "dropout": 0.0, "causal": true },
+        { "type": "dense", "units": 6 },
+    ]});
+    let step = |opt: serde_json::Value| {
+        let mut m = common::compiled(spec.clone(), opt, serde_json::json!({ "type": "crossEntropy" }));
+        let x = HostTensor::i32(vec![1, 2, 3, 4, 5, 0], &[2, 3]).unwrap();
+        let y = HostTensor::i32(vec![2, 3, 4, 5, 0, 1], &[2, 3]).unwrap();
+        m.train_step(&x, &y, &[]).unwrap();
+        common::weight_bits(&m)
+    };
+    let excluded = step(serde_json::json!({ "type": "adamw", "weightDecay": 0.5,
+        "excludeFromWeightDecay": ["bias", "norm"] }));
+    let decayed = step(serde_json::json!({ "type": "adamw", "weightDecay": 0.5 }));
+    let plain = step(serde_json::json!({ "type": "adamw", "weightDecay": 0.0 }));
+    let (mut counts, mut spared) = ((0, 0), 0);
+    for (name, bits) in &excluded {
+        if name.contains("bias") || name.contains("norm") {
+            assert_eq!(bits, &plain[name], "{name} was decayed");
+            // Zero-initialised biases decay to themselves; the norms' unit weights do not.
+            spared += usize::from(bits != &decayed[name]);
+            counts.0 += 1;
+        } else {
+            assert_eq!(bits, &decayed[name], "{name} was not decayed");
+            counts.1 += 1;
+        }
+    }
+    assert_eq!(counts, (9, 6), "excluded and decayed parameter counts");
+    assert!(spared >= 2, "the decay would have changed only {spared} excluded parameters");
+    let bad: Result<engram_core::CompileConfig, _> = serde_json::from_value(serde_json::json!({
+        "optimizer": { "type": "adamw", "excludeFromWeightDecay": [""] }, "loss": { "type": "crossEntropy" } }));
+    let mut m = common::model(spec.clone());
+    let e = m.compile(bad.unwrap()).unwrap_err();
+    assert!(e.to_string().contains("empty string"), "{e}");
+}

@@ -42,6 +42,10 @@ pub struct OptimizerSpec {
     pub clip_norm: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_value: Option<f64>,
+    /// Parameters whose names contain any of these strings get no weight decay (as Keras's
+    /// `exclude_from_weight_decay`, or a PyTorch parameter group with `weight_decay=0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_from_weight_decay: Option<Vec<String>>,
 }
 
 impl OptimizerSpec {
@@ -58,6 +62,7 @@ impl OptimizerSpec {
             weight_decay: None,
             clip_norm: None,
             clip_value: None,
+            exclude_from_weight_decay: None,
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct OptimizerConfig {
     pub weight_decay: f64,
     pub clip_norm: Option<f64>,
     pub clip_value: Option<f64>,
+    pub exclude_from_weight_decay: Vec<String>,
 }
 
 impl OptimizerConfig {
@@ -110,7 +116,13 @@ impl OptimizerConfig {
             weight_decay: s.weight_decay.unwrap_or(if s.kind == OptimizerKind::AdamW { 0.01 } else { 0.0 }),
             clip_norm: s.clip_norm,
             clip_value: s.clip_value,
+            exclude_from_weight_decay: s.exclude_from_weight_decay.clone().unwrap_or_default(),
         };
+        if c.exclude_from_weight_decay.iter().any(String::is_empty) {
+            return Err(Error::Range(format!(
+                "optimizer {name}: excludeFromWeightDecay holds an empty string, which would match every parameter"
+            )));
+        }
         let range = |what: &str, v: f64, ok: bool, want: &str| -> Result<()> {
             if ok && v.is_finite() {
                 Ok(())
@@ -151,11 +163,16 @@ pub struct Optimizer {
     pub config: OptimizerConfig,
     pub step: u64,
     pub slots: Vec<Slot>,
+    /// Per parameter: whether weight decay applies (see `exclude_from_weight_decay`).
+    decays: Vec<bool>,
 }
 
 impl Optimizer {
-    pub fn new(config: OptimizerConfig, n_params: usize) -> Self {
-        Optimizer { config, step: 0, slots: vec![Slot::Empty; n_params] }
+    /// An optimizer for the parameters named `names`, in order.
+    pub fn new(config: OptimizerConfig, names: &[&str]) -> Self {
+        let decays =
+            names.iter().map(|n| !config.exclude_from_weight_decay.iter().any(|x| n.contains(x.as_str()))).collect();
+        Optimizer { config, step: 0, slots: vec![Slot::Empty; names.len()], decays }
     }
 
     /// Clips `grads` in place as configured and returns the global gradient norm before clipping.
@@ -192,11 +209,13 @@ impl Optimizer {
         }
         self.step += 1;
         let c = self.config.clone();
-        for ((var, grad), slot) in params.iter().zip(grads).zip(self.slots.iter_mut()) {
+        let no_decay = OptimizerConfig { weight_decay: 0.0, ..c.clone() };
+        for (((var, grad), slot), &decays) in params.iter().zip(grads).zip(self.slots.iter_mut()).zip(&self.decays) {
+            let c = if decays { &c } else { &no_decay };
             let p = var.as_detached_tensor();
             let new = match c.kind {
-                OptimizerKind::Sgd => sgd(&c, &p, grad, slot)?,
-                OptimizerKind::Adam | OptimizerKind::AdamW => adam(&c, self.step, &p, grad, slot)?,
+                OptimizerKind::Sgd => sgd(c, &p, grad, slot)?,
+                OptimizerKind::Adam | OptimizerKind::AdamW => adam(c, self.step, &p, grad, slot)?,
             };
             var.set(&new)?;
         }

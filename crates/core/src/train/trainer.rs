@@ -56,7 +56,8 @@ impl Trainer {
 
     pub fn compile(&mut self, spec: CompileConfig) -> Result<()> {
         let config = OptimizerConfig::from_spec(&spec.optimizer)?;
-        let optimizer = Optimizer::new(config, self.params.len());
+        let names: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
+        let optimizer = Optimizer::new(config, &names);
         self.compiled = Some(Compiled { loss: spec.loss.clone(), optimizer, spec });
         Ok(())
     }
