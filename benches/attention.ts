@@ -6,15 +6,12 @@
  * configuration (4 pre-norm causal blocks, batch 12, context 64), in engram and PyTorch.
  * @module
  */
-import { execFileSync } from 'node:child_process';
 import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import { seededRandom } from '../src/batching.js';
 import { layers, optimizers, sequential, tensor } from '../src/index.js';
 import { timeCase, type Budget, type Suite } from './measure.js';
-import { python, setUpWasm, type Subject } from './recurrent.js';
+import { runTorchPeer, setUpWasm, type Subject } from './recurrent.js';
 import type { CaseResult } from './report.js';
 
 const BATCH = 16;
@@ -43,8 +40,6 @@ const GPT_CASE = `gpt ${GPT_LAYERS} blocks B${GPT_BATCH} T${GPT_CONTEXT}`;
 const TRANSFORMER_LAYERS = ['transformerBlock', 'positionalEncoding', 'layerNorm'] as const;
 
 type Op = 'train' | 'infer';
-
-const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 /** The same batch for every JavaScript implementation: seeded, `[BATCH, SEQ_LEN, D_MODEL]` in [-1, 1) and per-token class ids. */
 function batchData() {
@@ -252,29 +247,14 @@ interface TorchOut {
   results: (TorchCase & { path: string; meanMs: number; medianMs: number; minMs: number; iterations: number })[];
 }
 
-/** Runs the PyTorch peer on every case in one process; undefined (with the reason logged) if it cannot. */
+/** The PyTorch peer on every case of this suite. */
 function torchPeer(threads: number, budget: Budget): TorchOut | undefined {
-  const py = python();
-  if (py === undefined) {
-    console.warn('PyTorch peer skipped: no .venv/bin/python (see the README, Benchmarks) and ENGRAM_TORCH_PYTHON unset');
-    return undefined;
-  }
   const cases: TorchCase[] = [
     { model: 'block', op: 'train' },
     { model: 'block', op: 'infer' },
     { model: 'gpt', op: 'train' },
   ];
-  try {
-    const out = execFileSync(py, [path.join(repoRoot, 'benches', 'torch_attention.py'), JSON.stringify({ threads, budget, cases })], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'inherit'],
-      maxBuffer: 16 << 20,
-    });
-    return JSON.parse(out) as TorchOut;
-  } catch (e) {
-    console.warn(`PyTorch peer failed: ${(e as Error).message}`);
-    return undefined;
-  }
+  return runTorchPeer<TorchOut>('torch_attention.py', threads, budget, cases);
 }
 
 const tokensPerS = (medianMs: number) => Math.round(GPT_TOKENS / (medianMs / 1000)).toLocaleString('en-US');

@@ -128,32 +128,40 @@ interface TorchOut {
 }
 
 /** The Python that runs the PyTorch peers: `$ENGRAM_TORCH_PYTHON`, else the repo's `.venv`. */
-export function python(): string | undefined {
+function python(): string | undefined {
   const candidates = [process.env.ENGRAM_TORCH_PYTHON, path.join(repoRoot, '.venv', 'bin', 'python')];
   return candidates.find((p): p is string => p !== undefined && existsSync(p));
 }
 
-/** Runs the PyTorch peer on every case in one process; undefined (with the reason logged) if it cannot. */
-function torchPeer(threads: number, budget: Budget): TorchOut | undefined {
+/**
+ * Runs the PyTorch peer `benches/<script>` on every case in one process and parses its JSON; undefined (with the
+ * reason logged) if it cannot.
+ */
+export function runTorchPeer<T>(script: string, threads: number, budget: Budget, cases: unknown[]): T | undefined {
   const py = python();
   if (py === undefined) {
     console.warn('PyTorch peer skipped: no .venv/bin/python (see the README, Benchmarks) and ENGRAM_TORCH_PYTHON unset');
     return undefined;
   }
-  const cases = CELLS.flatMap((cell) =>
-    HIDDEN_SIZES.flatMap((hidden) => BATCHES.flatMap((batch) => (['train', 'infer'] as const).map((op) => ({ cell, hidden, batch, op })))),
-  );
   try {
-    const out = execFileSync(py, [path.join(repoRoot, 'benches', 'torch_recurrent.py'), JSON.stringify({ threads, budget, cases })], {
+    const out = execFileSync(py, [path.join(repoRoot, 'benches', script), JSON.stringify({ threads, budget, cases })], {
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'inherit'],
       maxBuffer: 16 << 20,
     });
-    return JSON.parse(out) as TorchOut;
+    return JSON.parse(out) as T;
   } catch (e) {
     console.warn(`PyTorch peer failed: ${(e as Error).message}`);
     return undefined;
   }
+}
+
+/** The PyTorch peer on every case of this suite. */
+function torchPeer(threads: number, budget: Budget): TorchOut | undefined {
+  const cases = CELLS.flatMap((cell) =>
+    HIDDEN_SIZES.flatMap((hidden) => BATCHES.flatMap((batch) => (['train', 'infer'] as const).map((op) => ({ cell, hidden, batch, op })))),
+  );
+  return runTorchPeer<TorchOut>('torch_recurrent.py', threads, budget, cases);
 }
 
 /** The f32 GEMM peak through candle: `cargo run --release --example gemm_peak` (1024³, best of several). */
