@@ -25,4 +25,4 @@ pub use models::{
 };
 pub use models::{MemoryNetwork, MemoryNetworkConfig, WeightTying};
 pub use rng::Rng;
-pub use train::{CrossEntropySpec, LossSpec, MseSpec, OptimizerKind, OptimizerSpec};
+pub use train::{CrossEntropySpec, Evaluation, LossSpec, Metric, MseSpec, OptimizerKind, OptimizerSpec, Tally};

@@ -48,7 +48,7 @@ fn loss_at(
     rng: [u64; 4],
 ) -> f64 {
     match f {
-        Forward::Inference => m.evaluate(x, y, states).unwrap(),
+        Forward::Inference => m.evaluate(x, y, states).unwrap().loss,
         Forward::TrainingSameMasks => {
             m.set_rng_state(rng);
             m.gradients(x, y, states).unwrap().0
@@ -284,8 +284,8 @@ fn dropout_with_fixed_masks_matches_finite_differences() {
 #[test]
 fn dropout_acts_in_training_only() {
     let (mut m, x, y) = dropout_model(8);
-    let inference = m.evaluate(&x, &y, &[]).unwrap();
-    assert_eq!(inference, m.evaluate(&x, &y, &[]).unwrap(), "inference is deterministic");
+    let inference = m.evaluate(&x, &y, &[]).unwrap().loss;
+    assert_eq!(inference, m.evaluate(&x, &y, &[]).unwrap().loss, "inference is deterministic");
     let start = m.rng_state();
     let (first, g1) = m.gradients(&x, &y, &[]).unwrap();
     let (second, _) = m.gradients(&x, &y, &[]).unwrap();
@@ -453,7 +453,7 @@ fn encoder_transformer_with_padding_matches_finite_differences() {
                 w[i] = v;
                 set(&w);
                 m.set_rng_state(rng);
-                m.evaluate(input, &y, &[]).unwrap()
+                m.evaluate(input, &y, &[]).unwrap().loss
             };
             let numeric = (at(base[i] + H) - at(base[i] - H)) / (2.0 * H);
             set(&base);

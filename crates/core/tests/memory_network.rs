@@ -69,7 +69,7 @@ fn check_gradients(extra: serde_json::Value, linear: bool) {
                 p[i] += delta;
                 var.set(&engram_core::Tensor::from_vec(p, shape.as_slice(), &engram_core::Device::Cpu).unwrap())
                     .unwrap();
-                m.evaluate(&st, &q, &a).unwrap()
+                m.evaluate(&st, &q, &a).unwrap().loss
             };
             let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
             at(0.0);

@@ -53,7 +53,7 @@ fn lstm_learns_the_adding_problem() {
     // Predicting the mean target (1) scores the variance of the sum of two U(0, 1): 2/12 = 0.1667.
     const TARGET: f64 = 0.05;
     let start = std::time::Instant::now();
-    let mut mse = m.evaluate(&test_x, &test_y, &[]).unwrap();
+    let mut mse = m.evaluate(&test_x, &test_y, &[]).unwrap().loss;
     let mut steps = 0;
     while mse >= TARGET && steps < MAX_STEPS {
         for _ in 0..CHECK_EVERY {
@@ -61,7 +61,7 @@ fn lstm_learns_the_adding_problem() {
             m.train_step(&x, &y, &[]).unwrap();
         }
         steps += CHECK_EVERY;
-        mse = m.evaluate(&test_x, &test_y, &[]).unwrap();
+        mse = m.evaluate(&test_x, &test_y, &[]).unwrap().loss;
     }
     eprintln!("adding problem: test mse {mse:.4} after {steps} steps in {:.1?}", start.elapsed());
     assert!(mse < TARGET, "test mse {mse} after {steps} steps (predicting the mean scores 0.167)");
@@ -148,12 +148,12 @@ fn training_reduces_the_loss_on_a_tiny_char_task() {
         (HostTensor::i32(x, &[batch, seq_len]).unwrap(), HostTensor::i32(y, &[batch, seq_len]).unwrap())
     };
     let (ex, ey) = batch_at(&mut rng);
-    let before = m.evaluate(&ex, &ey, &[]).unwrap();
+    let before = m.evaluate(&ex, &ey, &[]).unwrap().loss;
     for _ in 0..150 {
         let (x, y) = batch_at(&mut rng);
         m.train_step(&x, &y, &[]).unwrap();
     }
-    let after = m.evaluate(&ex, &ey, &[]).unwrap();
+    let after = m.evaluate(&ex, &ey, &[]).unwrap().loss;
     eprintln!("char task: loss {before:.3} -> {after:.3}");
     // Uniform guessing scores ln(vocab) = ln(12) = 2.48; the first few characters of a window stay uncertain.
     assert!(after < 0.5 && after < before / 4.0, "loss {before} -> {after}");
@@ -174,10 +174,71 @@ fn float64_training_also_converges() {
     let xs: Vec<f64> = (0..64 * 3).map(|_| r.uniform(-1.0, 1.0)).collect();
     let ys: Vec<f64> = xs.chunks(3).map(|c| c[0] - 2.0 * c[1] + 0.5 * c[2]).collect();
     let (x, y) = (f64_tensor(xs, &[64, 3]), f64_tensor(ys, &[64, 1]));
-    let before = m.evaluate(&x, &y, &[]).unwrap();
+    let before = m.evaluate(&x, &y, &[]).unwrap().loss;
     for _ in 0..200 {
         m.train_step(&x, &y, &[]).unwrap();
     }
-    let after = m.evaluate(&x, &y, &[]).unwrap();
+    let after = m.evaluate(&x, &y, &[]).unwrap().loss;
     assert!(after < before / 20.0, "loss {before} -> {after}");
+}
+
+#[test]
+fn steps_and_evaluations_count_the_targets_their_argmax_gets_right() {
+    // A dense layer with set weights gives known logits: row r scores class r % 3 highest.
+    let mut m = compiled(
+        json!({ "seed": 1, "dtype": "float64", "layers": [{ "type": "dense", "inputSize": 3, "units": 3 }] }),
+        json!({ "type": "sgd", "learningRate": 0.0 }),
+        json!({ "type": "crossEntropy", "ignoreIndex": -1 }),
+    );
+    let eye = HostTensor::f64(vec![1., 0., 0., 0., 1., 0., 0., 0., 1.], &[3, 3]).unwrap();
+    let zero = HostTensor::f64(vec![0.; 3], &[3]).unwrap();
+    m.set_weights(&[("0.weight".into(), eye), ("0.bias".into(), zero)], true).unwrap();
+    let x = f64_tensor(vec![1., 0., 0., 0., 1., 0., 0., 0., 1., 1., 0., 0., 0., 1., 0.], &[5, 3]);
+    // Rows 0, 1 and 4 right, row 2 wrong, row 3 ignored: 3 of 4 counted targets.
+    let y = HostTensor::i32(vec![0, 1, 0, -1, 1], &[5]).unwrap();
+    let e = m.evaluate(&x, &y, &[]).unwrap();
+    assert_eq!((e.tally.targets, e.tally.correct), (4, Some(3)));
+    let s = m.train_step(&x, &y, &[]).unwrap();
+    assert_eq!(s.tally, e.tally);
+    assert_eq!(s.loss, e.loss, "a step's loss is the loss before its update, as evaluate computes it");
+
+    // Sequence outputs against per-step or last-step targets, and mse, which has no accuracy.
+    let mut seq = compiled(
+        json!({ "seed": 2, "layers": [
+            { "type": "embedding", "vocabSize": 5, "dim": 4 },
+            { "type": "lstm", "hiddenSize": 8, "returnSequences": true },
+            { "type": "dense", "units": 5 },
+        ]}),
+        json!({ "type": "adam" }),
+        json!({ "type": "crossEntropy" }),
+    );
+    let x = HostTensor::i32(vec![1, 2, 3, 4, 0, 1], &[2, 3]).unwrap();
+    let every = HostTensor::i32(vec![1, 2, -100, 3, 4, 0], &[2, 3]).unwrap();
+    assert_eq!(seq.evaluate(&x, &every, &[]).unwrap().tally.targets, 5);
+    let last = HostTensor::i32(vec![1, 2], &[2]).unwrap();
+    assert_eq!(seq.evaluate(&x, &last, &[]).unwrap().tally.targets, 2);
+    let mut reg = compiled(
+        json!({ "seed": 3, "layers": [{ "type": "dense", "inputSize": 3, "units": 2 }] }),
+        json!({ "type": "adam" }),
+        json!({ "type": "mse" }),
+    );
+    let t = reg.train_step(&f64_tensor(vec![0.; 6], &[2, 3]), &f64_tensor(vec![1.; 4], &[2, 2]), &[]);
+    assert_eq!(t.map(|s| s.tally.correct).ok(), Some(None));
+}
+
+#[test]
+fn accuracy_and_perplexity_need_cross_entropy() {
+    let mut m = common::model(json!({ "seed": 1, "layers": [{ "type": "dense", "inputSize": 2, "units": 2 }] }));
+    let spec = |loss: serde_json::Value| {
+        serde_json::from_value(json!({ "optimizer": { "type": "adam" }, "loss": loss, "metrics": ["perplexity"] }))
+            .unwrap()
+    };
+    let err = m.compile(spec(json!({ "type": "mse" }))).unwrap_err();
+    assert!(err.to_string().contains("perplexity metric needs the crossEntropy loss"), "{err}");
+    m.compile(spec(json!({ "type": "crossEntropy" }))).unwrap();
+    assert_eq!(m.compile_config().unwrap().metrics, vec![engram_core::Metric::Perplexity]);
+    let bad = serde_json::from_value::<engram_core::CompileConfig>(
+        json!({ "optimizer": { "type": "adam" }, "loss": { "type": "mse" }, "metrics": ["f1"] }),
+    );
+    assert!(bad.is_err());
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use engram_core::{
     CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential,
-    SequentialConfig,
+    SequentialConfig, Tally,
 };
 use napi::bindgen_prelude::{AsyncTask, Env, Int32Array};
 use napi::{Task, bindgen_prelude::Result};
@@ -156,7 +156,7 @@ impl Model {
         Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Predict { inputs, states } }))
     }
 
-    /// The compiled loss on a batch, in inference mode. Resolves to `{ loss, gradNorm: 0 }`.
+    /// The compiled loss on a batch, in inference mode, with its tally. Resolves to `{ loss, gradNorm: 0, ... }`.
     #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
     pub fn evaluate(&self, inputs: Vec<JsTensor>, y: JsTensor, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
         let inputs = inputs_to_host(&inputs)?;
@@ -263,6 +263,16 @@ pub fn load_model(path: String) -> AsyncTask<LoadTask> {
 pub struct StepResult {
     pub loss: f64,
     pub grad_norm: f64,
+    /// Targets that counted (class ids other than `ignoreIndex`; for `mse`, target values).
+    pub targets: f64,
+    /// `crossEntropy`: how many of those the most likely class got right.
+    pub correct: Option<f64>,
+}
+
+impl StepResult {
+    fn new(loss: f64, grad_norm: f64, tally: Tally) -> Self {
+        StepResult { loss, grad_norm, targets: tally.targets as f64, correct: tally.correct.map(|c| c as f64) }
+    }
 }
 
 pub enum Work {
@@ -310,15 +320,15 @@ impl Task for Job {
                 Ok(match work {
                     Work::Train { inputs, y, states } => {
                         let r = m.train_step(inputs, y, states).map_err(to_napi)?;
-                        Done::Step(StepResult { loss: r.loss, grad_norm: r.grad_norm })
+                        Done::Step(StepResult::new(r.loss, r.grad_norm, r.tally))
                     }
                     Work::Predict { inputs, states } => Done::Tensor(m.predict(inputs, states).map_err(to_napi)?),
                     Work::Attention { inputs } => Done::Tensor(m.attention(inputs).map_err(to_napi)?),
                     Work::AttentionWeights { inputs } => Done::Named(m.attention_weights(inputs).map_err(to_napi)?),
                     Work::Generate { prompt, cfg } => Done::Ids(m.generate(prompt, cfg).map_err(to_napi)?),
                     Work::Evaluate { inputs, y, states } => {
-                        let loss = m.evaluate(inputs, y, states).map_err(to_napi)?;
-                        Done::Step(StepResult { loss, grad_norm: 0.0 })
+                        let e = m.evaluate(inputs, y, states).map_err(to_napi)?;
+                        Done::Step(StepResult::new(e.loss, 0.0, e.tally))
                     }
                     Work::Save { path } => {
                         m.save(path.as_ref()).map_err(to_napi)?;

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use engram_core::checkpoint::{self, Checkpointed};
 use engram_core::{
-    CompileConfig, Device, Error, GenerateConfig, HostTensor, InitialState, MemoryNetwork, Result, Sequential,
-    StepOutput, train::Trainer,
+    CompileConfig, Device, Error, Evaluation, GenerateConfig, HostTensor, InitialState, MemoryNetwork, Result,
+    Sequential, StepOutput, train::Trainer,
 };
 
 pub enum Net {
@@ -88,7 +88,7 @@ impl Net {
         }
     }
 
-    pub fn evaluate(&self, inputs: &[HostTensor], y: &HostTensor, states: &[InitialState]) -> Result<f64> {
+    pub fn evaluate(&self, inputs: &[HostTensor], y: &HostTensor, states: &[InitialState]) -> Result<Evaluation> {
         match self {
             Net::Sequential(m) => m.evaluate(seq_input("evaluate", inputs)?, y, states),
             Net::MemoryNetwork(m) => {

@@ -34,7 +34,7 @@ use crate::layers::{Params, check_positive};
 use crate::models::Precision;
 use crate::rng::Rng;
 use crate::train::trainer::check_batch;
-use crate::train::{CompileConfig, StepOutput, Trainer};
+use crate::train::{CompileConfig, Evaluation, StepOutput, Trainer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,7 +256,7 @@ impl MemoryNetwork {
     }
 
     /// The compiled loss on a batch in inference mode.
-    pub fn evaluate(&self, stories: &HostTensor, queries: &HostTensor, answers: &HostTensor) -> Result<f64> {
+    pub fn evaluate(&self, stories: &HostTensor, queries: &HostTensor, answers: &HostTensor) -> Result<Evaluation> {
         self.trainer.loss_spec()?;
         check_batch(stories, answers)?;
         let net = self.net();

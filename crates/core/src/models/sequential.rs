@@ -19,7 +19,7 @@ use crate::layers::{
 use crate::rng::Rng;
 use crate::train::Trainer;
 use crate::train::trainer::check_batch;
-pub use crate::train::{CompileConfig, StepOutput};
+pub use crate::train::{CompileConfig, Evaluation, StepOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -360,7 +360,7 @@ impl Sequential {
     }
 
     /// The compiled loss of the model's output (inference mode) against `y`.
-    pub fn evaluate<'a>(&self, x: impl Into<Input<'a>>, y: &HostTensor, states: &[InitialState]) -> Result<f64> {
+    pub fn evaluate<'a>(&self, x: impl Into<Input<'a>>, y: &HostTensor, states: &[InitialState]) -> Result<Evaluation> {
         let x = x.into();
         self.trainer.loss_spec()?;
         check_batch(x.x, y)?;

@@ -59,6 +59,59 @@ impl LossSpec {
             LossSpec::Mse(_) => mse(output, y),
         }
     }
+
+    /// Counts what `output` scored against `y` (already validated by [`LossSpec::compute`]).
+    pub fn tally(&self, output: &Tensor, y: &HostTensor) -> Result<Tally> {
+        match (self, &y.data) {
+            (LossSpec::CrossEntropy(s), HostData::I32(ids)) => {
+                let logits = scored_logits(output, y)?;
+                let classes = logits.dim(D::Minus1)?;
+                let predicted: Vec<u32> = logits.reshape((ids.len(), classes))?.argmax(D::Minus1)?.to_vec1()?;
+                let (mut targets, mut correct) = (0, 0);
+                for (&id, &p) in ids.iter().zip(&predicted) {
+                    if id as i64 != s.ignore_index {
+                        targets += 1;
+                        correct += usize::from(id as u32 == p);
+                    }
+                }
+                Ok(Tally { targets, correct: Some(correct) })
+            }
+            _ => Ok(Tally { targets: y.shape.iter().product(), correct: None }),
+        }
+    }
+}
+
+/// What a batch scored besides its loss: the targets that counted (class ids other than `ignoreIndex`; for
+/// `mse`, target values) and, for `crossEntropy`, how many of them the most likely class got right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tally {
+    pub targets: usize,
+    pub correct: Option<usize>,
+}
+
+/// The logits `crossEntropy` scores against `y`: all of them, or the last step's when `y` is `[batch]` against a
+/// sequence output.
+fn scored_logits(logits: &Tensor, y: &HostTensor) -> Result<Tensor> {
+    let dims = logits.dims().to_vec();
+    if dims.len() < 2 {
+        return Err(Error::shape(
+            "crossEntropy",
+            "the model output",
+            "[batch, classes] or [batch, seqLen, classes]",
+            &dims,
+        ));
+    }
+    let lead = &dims[..dims.len() - 1];
+    if y.shape.as_slice() == lead {
+        Ok(logits.clone())
+    } else if dims.len() == 3 && y.shape.as_slice() == [dims[0]] {
+        Ok(logits.narrow(1, dims[1] - 1, 1)?.squeeze(1)?)
+    } else {
+        let every = format!("{lead:?}");
+        let expected =
+            if dims.len() == 3 { format!("{every} (every step) or [{}] (last step)", dims[0]) } else { every };
+        Err(Error::shape("crossEntropy", "y", expected, &y.shape))
+    }
 }
 
 pub(crate) fn cross_entropy(
@@ -73,27 +126,8 @@ pub(crate) fn cross_entropy(
             y.data.dtype_name()
         )));
     };
-    let dims = logits.dims().to_vec();
-    if dims.len() < 2 {
-        return Err(Error::shape(
-            "crossEntropy",
-            "the model output",
-            "[batch, classes] or [batch, seqLen, classes]",
-            &dims,
-        ));
-    }
-    let classes = dims[dims.len() - 1];
-    let lead = &dims[..dims.len() - 1];
-    let logits = if y.shape.as_slice() == lead {
-        logits.clone()
-    } else if dims.len() == 3 && y.shape.as_slice() == [dims[0]] {
-        logits.narrow(1, dims[1] - 1, 1)?.squeeze(1)?
-    } else {
-        let every = format!("{lead:?}");
-        let expected =
-            if dims.len() == 3 { format!("{every} (every step) or [{}] (last step)", dims[0]) } else { every };
-        return Err(Error::shape("crossEntropy", "y", expected, &y.shape));
-    };
+    let logits = scored_logits(logits, y)?;
+    let classes = logits.dim(D::Minus1)?;
     let n = ids.len();
     let mut idx = Vec::with_capacity(n);
     let mut mask = Vec::with_capacity(n);

@@ -9,13 +9,25 @@ use crate::error::{Error, Result};
 use crate::host::HostTensor;
 use crate::layers::{ForwardCtx, Params};
 use crate::rng::Rng;
-use crate::train::{LossSpec, Optimizer, OptimizerConfig, OptimizerSpec};
+use crate::train::{LossSpec, Optimizer, OptimizerConfig, OptimizerSpec, Tally};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompileConfig {
     pub optimizer: OptimizerSpec,
     pub loss: LossSpec,
+    /// Metrics reported beside the loss; both need `crossEntropy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<Metric>,
+}
+
+/// A metric of a compiled model. `accuracy`: the share of counted targets whose most likely class is right.
+/// `perplexity`: the exponential of the mean cross-entropy per counted target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Metric {
+    Accuracy,
+    Perplexity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,6 +35,14 @@ pub struct StepOutput {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    pub tally: Tally,
+}
+
+/// The compiled loss of a batch in inference mode, with its tally.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub tally: Tally,
 }
 
 struct Compiled {
@@ -55,6 +75,13 @@ impl Trainer {
     }
 
     pub fn compile(&mut self, spec: CompileConfig) -> Result<()> {
+        if let (Some(m), LossSpec::Mse(_)) = (spec.metrics.first(), &spec.loss) {
+            let name = match m {
+                Metric::Accuracy => "accuracy",
+                Metric::Perplexity => "perplexity",
+            };
+            return Err(Error::Range(format!("compile: the {name} metric needs the crossEntropy loss, not mse")));
+        }
         let config = OptimizerConfig::from_spec(&spec.optimizer)?;
         let names: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
         let optimizer = Optimizer::new(config, &names);
@@ -100,10 +127,11 @@ impl Trainer {
         &self,
         y: &HostTensor,
         forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
-    ) -> Result<f64> {
-        let loss = self.loss_spec()?;
+    ) -> Result<Evaluation> {
+        let spec = self.loss_spec()?;
         let out = self.infer(forward)?;
-        scalar(&loss.compute(&out, y)?)
+        let loss = scalar(&spec.compute(&out, y)?)?;
+        Ok(Evaluation { loss, tally: spec.tally(&out, y)? })
     }
 
     /// Loss and gradient of every parameter (in parameter order; zeros where the loss does not reach) for one
@@ -113,6 +141,16 @@ impl Trainer {
         y: &HostTensor,
         forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
     ) -> Result<(f64, Vec<Tensor>)> {
+        let (loss, _, grads) = self.backward(y, forward)?;
+        Ok((loss, grads))
+    }
+
+    /// [`Trainer::gradients`] with the batch's tally.
+    fn backward(
+        &mut self,
+        y: &HostTensor,
+        forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
+    ) -> Result<(f64, Tally, Vec<Tensor>)> {
         let loss_spec = self.loss_spec()?.clone();
         let p = self.params.tensors(true);
         // Draw dropout masks from a copy and commit it only once the step succeeded.
@@ -126,6 +164,7 @@ impl Trainer {
                 "trainStep: the loss is {value}; the weights are left as they were (lower the learning rate or clip gradients)"
             )));
         }
+        let tally = loss_spec.tally(&out, y)?;
         let store = loss.backward()?;
         let grads = self
             .params
@@ -136,7 +175,7 @@ impl Trainer {
             })
             .collect::<Result<Vec<_>>>()?;
         self.rng = rng;
-        Ok((value, grads))
+        Ok((value, tally, grads))
     }
 
     /// One training step around `forward`: loss, backward, clipping, update.
@@ -148,12 +187,12 @@ impl Trainer {
         if self.compiled.is_none() {
             return Err(Error::State(NOT_COMPILED.into()));
         }
-        let (loss, mut grads) = self.gradients(y, forward)?;
+        let (loss, tally, mut grads) = self.backward(y, forward)?;
         let vars: Vec<&Var> = self.params.entries.iter().map(|(_, v)| v).collect();
         let c = self.compiled.as_mut().ok_or_else(|| Error::State(NOT_COMPILED.into()))?;
         let grad_norm = c.optimizer.clip(&mut grads)?;
         c.optimizer.step(&vars, &grads)?;
-        Ok(StepOutput { loss, grad_norm })
+        Ok(StepOutput { loss, grad_norm, tally })
     }
 
     /// Every parameter, by name, copied to the host.
