@@ -203,7 +203,7 @@ fn steps_and_evaluations_count_the_targets_their_argmax_gets_right() {
     assert_eq!(s.loss, e.loss, "a step's loss is the loss before its update, as evaluate computes it");
 
     // Sequence outputs against per-step or last-step targets, and mse, which has no accuracy.
-    let mut seq = compiled(
+    let seq = compiled(
         json!({ "seed": 2, "layers": [
             { "type": "embedding", "vocabSize": 5, "dim": 4 },
             { "type": "lstm", "hiddenSize": 8, "returnSequences": true },
