@@ -77,7 +77,7 @@ describe('fit', () => {
     const { x, y } = linearData(20);
     const v = linearData(7);
     const h = await m.fit(x, y, { epochs: 1, validationData: [v.x, v.y] });
-    expect(h.history.val_loss![0]).toBeCloseTo(await m.evaluate(v.x, v.y), 6);
+    expect(h.history.val_loss![0]).toBeCloseTo((await m.evaluate(v.x, v.y)).loss, 6);
   });
 
   it('keeps the event loop free while training', async () => {

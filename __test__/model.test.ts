@@ -188,9 +188,9 @@ describe('sequential model', () => {
     model.compile({ optimizer: optimizers.sgd({ learningRate: 0.1 }), loss: 'mse' });
     const x = tensor(Float64Array.from([1, 0, 0, 1, 1, 1, 0, 0]), [4, 2]);
     const y = tensor(Float64Array.from([1, 2, 3, 0]), [4, 1]);
-    const before = await model.evaluate(x, y);
+    const { loss: before } = await model.evaluate(x, y);
     for (let i = 0; i < 50; i++) await model.trainStep(x, y);
-    expect(await model.evaluate(x, y)).toBeLessThan(before);
+    expect((await model.evaluate(x, y)).loss).toBeLessThan(before);
     expect((await model.predict(x)).data).toBeInstanceOf(Float64Array);
     model.dispose();
   });

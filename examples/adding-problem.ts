@@ -62,6 +62,6 @@ await model.fit(train.x, train.y, {
     onEpochEnd: (_e, logs) => void (logs.val_loss! < 0.001 && (model.stopTraining = true)),
   },
 });
-const mse = await model.evaluate(test.x, test.y);
+const { loss: mse } = await model.evaluate(test.x, test.y);
 console.log(`test MSE ${mse.toFixed(5)} (mean baseline ${baseline.toFixed(4)}) in ${((performance.now() - started) / 1000).toFixed(1)} s`);
 model.dispose();

@@ -99,7 +99,7 @@ for (let it = 0; it < iters; it++) {
   const { loss } = await model.trainStep(x, y);
   smooth = Number.isNaN(smooth) ? loss : 0.98 * smooth + 0.02 * loss;
   if ((it + 1) % evalEvery === 0 || it + 1 === iters) {
-    valLoss = await model.evaluate(val.x, val.y);
+    ({ loss: valLoss } = await model.evaluate(val.x, val.y));
     console.log(
       `iter ${it + 1}  train loss ${smooth.toFixed(4)}  val loss ${valLoss.toFixed(4)}  lr ${model.learningRate!.toExponential(2)}  ${elapsed().toFixed(1)} s`,
     );

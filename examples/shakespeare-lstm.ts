@@ -77,7 +77,7 @@ while (elapsed() < seconds) {
 }
 if (tty) process.stdout.write('\n');
 const wall = elapsed();
-const valLoss = await model.evaluate(val.x, val.y);
+const { loss: valLoss } = await model.evaluate(val.x, val.y);
 console.log(`trained ${step} steps in ${wall.toFixed(1)} s; final train loss ${smooth.toFixed(3)}, validation loss ${valLoss.toFixed(3)}`);
 
 // Sampling: feed the last seqLen characters and draw the next from the softmax at temperature 0.8.

@@ -33,6 +33,8 @@ export type { Inputs, MemoryInputs, SequenceInputs } from './inputs.js';
 export type {
   CompileOptions,
   CrossEntropyLoss,
+  EvaluateResult,
+  ImportTorchOptions,
   GenerateOptions,
   InitialStates,
   LstmInitialState,
@@ -46,8 +48,26 @@ export type {
   StepOptions,
   StepResult,
 } from './model.js';
-export type { FitOptions } from './fit.js';
-export type { Callbacks, History, Logs } from './callbacks.js';
+export type { Batch, BatchObject, BatchSource, Dataset, FitOptions } from './fit.js';
+export { callbacks, schedules } from './callbacks.js';
+export type {
+  Callback,
+  Callbacks,
+  CosineOptions,
+  EarlyStopping,
+  EarlyStoppingOptions,
+  Logs,
+  Mode,
+  ModelCheckpointOptions,
+  ReduceLROnPlateauOptions,
+  StepDecayOptions,
+} from './callbacks.js';
+export { History } from './history.js';
+export type { MetricName } from './metrics.js';
+export type { Verbosity } from './progress.js';
+export { attentionMap, historySvg, writeSvg } from './plot.js';
+export type { AttentionMapOptions, HistoryData, PlotOptions } from './plot.js';
+export { importTorch } from './model.js';
 export { maskTokens } from './masking.js';
 export type { MaskedTokens, MaskTokensOptions } from './masking.js';
 export { dtypeOf, tensor } from './tensor.js';

@@ -4,9 +4,10 @@ import type { LayerSpec } from './layers.js';
 import type { OptimizerSpec } from './optimizers.js';
 import { checkTensor, describe, sliceRows, type Tensor, type TensorData } from './tensor.js';
 import { inputList, rowCount, type Inputs, type MemoryInputs } from './inputs.js';
-import { fit, type FitOptions } from './fit.js';
-import type { History } from './callbacks.js';
+import { BatchStream, fit, isDataset, unpackBatch, type Dataset, type FitOptions } from './fit.js';
+import type { History } from './history.js';
 import { batchRanges } from './batching.js';
+import { METRICS, Meter, type MetricName } from './metrics.js';
 
 /** A loss: `'crossEntropy'` on logits with int32 class ids, or `'mse'` with float targets. */
 export type LossSpec = 'crossEntropy' | 'mse' | CrossEntropyLoss | MseLoss;
@@ -39,6 +40,18 @@ export interface CompileOptions {
    * memory-network paper's learning rates assume sums).
    */
   loss: LossSpec;
+  /** Reported beside the loss by `trainStep`, `evaluate` and `fit`: `accuracy`, `perplexity` (crossEntropy only). */
+  metrics?: MetricName[];
+}
+
+/** What {@link Model.evaluate} resolves to: the compiled loss and metrics. */
+export interface EvaluateResult {
+  /** The loss, averaged over batches weighted by their rows. */
+  loss: number;
+  /** With the `accuracy` metric: the share of counted targets whose most likely class is right. */
+  accuracy?: number;
+  /** With the `perplexity` metric: `exp` of the mean cross-entropy per counted target. */
+  perplexity?: number;
 }
 
 /** Options of {@link sequential}. */
@@ -84,6 +97,10 @@ export interface StepResult {
   loss: number;
   /** The global L2 norm of the gradients before clipping. */
   gradNorm: number;
+  /** Targets that counted: class ids other than `ignoreIndex` (for `mse`, target values). */
+  targets: number;
+  /** With `crossEntropy`: how many counted targets the most likely class got right. */
+  correct?: number | null;
 }
 
 /** Options of {@link Model.generate}. */
@@ -174,15 +191,35 @@ export class Model {
     if (typeof options !== 'object' || options === null) {
       throw new TypeError(`compile: options must be { optimizer, loss }, got ${describe(options)}`);
     }
-    const { optimizer, loss, ...rest } = options;
+    const { optimizer, loss, metrics, ...rest } = options;
     const extra = Object.keys(rest);
     if (extra.length > 0) throw new TypeError(`compile: unknown option ${extra.join(', ')}`);
+    if (metrics !== undefined) {
+      if (!Array.isArray(metrics)) throw new TypeError(`compile: metrics must be an array such as ['accuracy'], got ${describe(metrics)}`);
+      for (const m of metrics) {
+        if (!METRICS.includes(m)) throw new RangeError(`compile: unknown metric ${String(m)} (known: ${METRICS.join(', ')})`);
+      }
+    }
     if (typeof optimizer !== 'object' || optimizer === null) {
       throw new TypeError('compile: optimizer is required, e.g. optimizers.adam({ learningRate: 1e-3 })');
     }
     if (loss === undefined) throw new TypeError("compile: loss is required: 'crossEntropy' or 'mse'");
     const lossSpec = typeof loss === 'string' ? { type: loss } : loss;
-    native(() => m.compile(JSON.stringify({ optimizer, loss: lossSpec })));
+    native(() => m.compile(JSON.stringify({ optimizer, loss: lossSpec, metrics: [...new Set(metrics ?? [])] })));
+  }
+
+  /** The compiled metrics, and whether the loss sums over targets. @internal */
+  lossInfo(op: string): { metrics: MetricName[]; summed: boolean } {
+    const json = native(() => this.#check(op).compileJson());
+    if (json === null) throw new Error(`${op}: the model is not compiled: call compile({ optimizer, loss }) first`);
+    const c = JSON.parse(json) as { loss: { reduction?: string }; metrics?: MetricName[] };
+    return { metrics: c.metrics ?? [], summed: c.loss.reduction === 'sum' };
+  }
+
+  /** The compile options in effect (undefined before compile), as stored in checkpoints. */
+  get compileOptions(): CompileOptions | undefined {
+    const json = native(() => this.#check('compileOptions').compileJson());
+    return json === null ? undefined : (JSON.parse(json) as CompileOptions);
   }
 
   /** One forward pass, loss, backward pass and optimizer update on a batch, off the event loop. */
@@ -297,33 +334,60 @@ export class Model {
     native(() => m.setLinearStart(on));
   }
 
-  /** The compiled loss on `x`, `y` in inference mode, averaged over batches weighted by their rows. */
-  async evaluate(x: Inputs, y: Tensor, options: PredictOptions = {}): Promise<number> {
-    const list = inputList(this.#kind, 'x', x);
-    checkTensor('y', y);
+  /**
+   * The compiled loss and metrics on `x`, `y` in inference mode, over batches of `batchSize` rows (or over a
+   * {@link Dataset}'s batches), averaged as `fit` averages an epoch.
+   */
+  async evaluate(x: Inputs, y: Tensor, options?: PredictOptions): Promise<EvaluateResult>;
+  async evaluate(data: Dataset): Promise<EvaluateResult>;
+  async evaluate(x: Inputs | Dataset, y?: Tensor, options: PredictOptions = {}): Promise<EvaluateResult> {
     const batchSize = positiveInt('evaluate: batchSize', options.batchSize, 128);
-    const n = rowCount(list);
-    if (n !== (y.shape[0] ?? 0)) {
-      throw new RangeError(`evaluate: x and y must have the same batch size, got ${n} and ${y.shape[0] ?? 0}`);
-    }
-    if (n === 0) throw new RangeError('evaluate: x has no rows');
-    let total = 0;
-    for (const [s, e] of batchRanges(n, batchSize)) {
-      const xs = list.map((t) => toNative(sliceRows(t, s, e)));
+    const data = y === undefined ? (x as Dataset) : ([x, y] as [Inputs, Tensor]);
+    return (await this.evaluateMeter(data, batchSize, 'evaluate', options.initialState)).logs() as unknown as EvaluateResult;
+  }
+
+  /** Evaluates tensors in batches, or a dataset batch by batch, into a {@link Meter}. @internal */
+  async evaluateMeter(data: [Inputs, Tensor] | Dataset, batchSize: number, what: string, initialState?: InitialStates): Promise<Meter> {
+    const { metrics, summed } = this.lossInfo(what);
+    const meter = new Meter(metrics, summed);
+    const step = async (x: Inputs, y: Tensor, s: number, e: number) => {
+      const xs = inputList(this.#kind, 'x', x).map((t) => toNative(sliceRows(t, s, e)));
       const ys = toNative(sliceRows(y, s, e));
-      const states = statesToNative(sliceStates(options.initialState, s, e));
-      const r = await this.#enqueue('evaluate', (m) => m.evaluate(xs, ys, states));
-      total += r.loss * (e - s);
+      const states = statesToNative(sliceStates(initialState, s, e));
+      meter.add(await this.#enqueue('evaluate', (m) => m.evaluate(xs, ys, states)), e - s);
+    };
+    if (isDataset(data)) {
+      const stream = new BatchStream(data, `${what}: data`);
+      for (let i = 0; ; i++) {
+        const b = await stream.next();
+        if (b === undefined) break;
+        const [bx, by] = unpackBatch(this.#kind, `${what}: batch ${i}`, b);
+        const n = rowCount(inputList(this.#kind, 'x', bx));
+        await step(bx, by, 0, n);
+      }
+      if (meter.rows === 0) throw new RangeError(`${what}: the data gave no batches`);
+      return meter;
     }
-    return total / n;
+    const [x, y] = unpackBatch(this.#kind, what, data);
+    const n = rowCount(inputList(this.#kind, 'x', x));
+    if (n !== (y.shape[0] ?? 0)) {
+      throw new RangeError(`${what}: x and y must have the same batch size, got ${n} and ${y.shape[0] ?? 0}`);
+    }
+    if (n === 0) throw new RangeError(`${what}: x has no rows`);
+    for (const [s, e] of batchRanges(n, batchSize)) await step(x, y, s, e);
+    return meter;
   }
 
   /**
-   * Trains for `epochs` passes over `x`, `y` in batches, with optional validation and callbacks; resolves
-   * to the {@link History}. The event loop stays free between and during steps.
+   * Trains on `x`, `y` in shuffled batches, or on a {@link Dataset}'s batches, from epoch `initialEpoch` to
+   * `epochs - 1`, with optional validation, metrics, callbacks and progress output; resolves to the
+   * {@link History}. Each step runs off the event loop, so timers and I/O go on while it trains.
    */
-  async fit(x: Inputs, y: Tensor, options: FitOptions = {}): Promise<History> {
+  async fit(x: Inputs, y: Tensor, options?: FitOptions): Promise<History>;
+  async fit(data: Dataset, options?: FitOptions): Promise<History>;
+  async fit(x: Inputs | Dataset, y?: Tensor | FitOptions, options: FitOptions = {}): Promise<History> {
     this.#check('fit');
+    if (y === undefined || !('data' in y && 'shape' in y)) return fit(this, x, undefined, (y as FitOptions | undefined) ?? {});
     return fit(this, x, y, options);
   }
 
@@ -385,6 +449,11 @@ export class Model {
   /** The compiled optimizer's learning rate (undefined before compile). Settable, e.g. for schedules. */
   get learningRate(): number | undefined {
     return native(() => this.#check('learningRate').getLearningRate()) ?? undefined;
+  }
+
+  /** The learning rate given to `compile` (its default if none was), before any schedule changed it. */
+  get compiledLearningRate(): number | undefined {
+    return native(() => this.#check('compiledLearningRate').getCompiledLearningRate()) ?? undefined;
   }
 
   /** Sets the learning rate of the compiled optimizer from the next step on. */
@@ -479,6 +548,27 @@ export function sequential(layerSpecs: LayerSpec[], options: SequentialOptions =
     dtype: dtype ?? 'float32',
   };
   return new Model(native(() => NativeModel.create(JSON.stringify(spec))));
+}
+
+/** Options of {@link importTorch}. */
+export interface ImportTorchOptions {
+  /** Stripped from the stored names first, e.g. `'model.'` or `'encoder.'` (default none). */
+  prefix?: string;
+}
+
+/**
+ * Loads a PyTorch `state_dict` saved as safetensors (`safetensors.torch.save_file(module.state_dict(), file)`)
+ * into the equivalent engram model, whose parameters carry PyTorch's names. Every parameter must be in the file
+ * with its shape; nothing changes unless all are. The same as `model.loadWeights(file, options)`.
+ *
+ * ```ts
+ * const model = sequential([layers.embedding({ vocabSize: 65, dim: 32 }), layers.lstm({ hiddenSize: 64 })]);
+ * await importTorch(model, 'lstm.safetensors', { prefix: 'net.' });
+ * ```
+ */
+export async function importTorch(model: Model, file: string, options: ImportTorchOptions = {}): Promise<void> {
+  if (!(model instanceof Model)) throw new TypeError(`importTorch: model must be an engram Model, got ${describe(model)}`);
+  await model.loadWeights(file, options);
 }
 
 /** Loads a model saved with {@link Model.save}: weights, spec, and (if it was compiled) optimizer state. */

@@ -178,6 +178,7 @@ async function bestOfRuns(o: Settings, vocabSize: number, sentenceLen: number, f
         batchSize: o.batchSize,
         validationData,
         seed: o.seed + run,
+        verbose: 0,
         callbacks: { onEpochEnd: (e, logs) => o.onEpochEnd?.(run, e, { ...logs, linearStart: 1 }) },
       });
       model.linearStart = false;
@@ -188,6 +189,7 @@ async function bestOfRuns(o: Settings, vocabSize: number, sentenceLen: number, f
       validationData,
       // A seed of its own, so the shuffles of the two phases differ.
       seed: (o.seed + run) * 7919 + 1,
+      verbose: 0,
       callbacks: {
         onEpochBegin: (e) => void (model.learningRate = o.learningRate * 0.5 ** Math.floor(e / o.halveEvery)),
         onEpochEnd: (e, logs) => o.onEpochEnd?.(run, lsEpochs + e, { ...logs, linearStart: 0 }),

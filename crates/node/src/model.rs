@@ -128,6 +128,12 @@ impl Model {
         with_model(&self.inner, "getLearningRate", |m| Ok(m.trainer().learning_rate()))
     }
 
+    /// The learning rate compile set, before any schedule changed it.
+    #[napi(catch_unwind)]
+    pub fn get_compiled_learning_rate(&self) -> Result<Option<f64>> {
+        with_model(&self.inner, "compiledLearningRate", |m| Ok(m.trainer().compiled_learning_rate()))
+    }
+
     /// Optimizer steps taken since compile.
     #[napi(catch_unwind)]
     pub fn step_count(&self) -> Result<f64> {

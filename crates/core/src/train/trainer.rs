@@ -101,6 +101,12 @@ impl Trainer {
         self.compiled.as_ref().map(|c| c.optimizer.config.learning_rate)
     }
 
+    /// The learning rate compile set, before any schedule changed it.
+    pub fn compiled_learning_rate(&self) -> Option<f64> {
+        let spec = &self.compiled.as_ref()?.spec.optimizer;
+        OptimizerConfig::from_spec(spec).ok().map(|c| c.learning_rate)
+    }
+
     pub fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::Range(format!("learningRate must be a finite number >= 0, got {lr}")));
