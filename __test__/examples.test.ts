@@ -1,4 +1,7 @@
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 function runExample(file: string, args: string[]) {
@@ -7,6 +10,19 @@ function runExample(file: string, args: string[]) {
 }
 
 describe('examples', () => {
+  it('resume: loading an epoch checkpoint and fitting the rest equals the uninterrupted run, bit for bit', () => {
+    const out = mkdtempSync(join(tmpdir(), 'engram-resume-'));
+    const { code, out: text } = runExample('examples/resume.ts', ['--epochs', '3', '--resume-at', '1', '--windows', '256', '--hidden', '32', '--out', out, '--verbose', '2']);
+    expect(code, text).toBe(0);
+    expect(text.match(/^epoch \d\/3 - 8 steps .* val_perplexity [\d.]+ - lr /gm), text).toHaveLength(5);
+    expect(text).toMatch(/steps: uninterrupted 24, resumed 24/);
+    expect(text).toMatch(/weights: [\d,]+ values, 0 differ -> IDENTICAL/);
+    const history = JSON.parse(readFileSync(join(out, 'history.json'), 'utf8')) as { epoch: number[]; history: Record<string, number[]> };
+    expect(history.epoch).toEqual([0, 1, 2]);
+    const svg = readFileSync(join(out, 'history.svg'), 'utf8');
+    expect(svg).toContain(`data-values="${history.history.val_loss!.join(',')}"`);
+  });
+
   it('adding-problem beats the predict-the-mean baseline in a short run', () => {
     const { code, out } = runExample('examples/adding-problem.ts', ['--steps', '10', '--train', '2000', '--test', '300', '--epochs', '8', '--hidden', '16']);
     expect(code, out).toBe(0);
