@@ -34,8 +34,14 @@ describe('examples', () => {
   });
 
   it('the demo trains a memory network on bAbI task 1 and shows its attention', () => {
-    const { code, out } = runExample('examples/babi-demo.ts', ['--epochs', '40', '--questions', '2']);
+    const svgPath = join(mkdtempSync(join(tmpdir(), 'engram-babi-')), 'attention.svg');
+    const { code, out } = runExample('examples/babi-demo.ts', ['--epochs', '40', '--questions', '2', '--svg', svgPath]);
     expect(code, out).toBe(0);
+    // The heatmap carries one cell per hop and sentence, labelled with the sentences.
+    const svg = readFileSync(svgPath, 'utf8');
+    expect(svg.match(/<rect [^>]*data-row="2"/g)?.length ?? 0).toBeGreaterThan(1);
+    expect(svg).toContain('>hop 3<');
+    expect(svg).toMatch(/where is \w+\? \(answer: \w+\)/);
     const acc = /test accuracy ([\d.]+)% on 1000 questions/.exec(out);
     expect(acc, out).not.toBeNull();
     expect(Number(acc![1])).toBeGreaterThan(90);

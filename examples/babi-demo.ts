@@ -3,10 +3,11 @@
 //
 //   npm run demo
 //   npm run demo -- --task 2 --epochs 60 --questions 5
+//   npm run demo -- --svg attention.svg     # also draws the first question's attention as an SVG heatmap
 //
 // Data: $ENGRAM_DATA/babi/en (ENGRAM_DATA defaults to ../shared/data).
 import { parseArgs } from 'node:util';
-import { babiRecipe, datasets } from '../src/index.js';
+import { attentionMap, babiRecipe, datasets, tensor } from '../src/index.js';
 import { sliceRows } from '../src/tensor.js';
 
 const { values: args } = parseArgs({
@@ -14,6 +15,7 @@ const { values: args } = parseArgs({
     task: { type: 'string', default: '1' },
     epochs: { type: 'string', default: '100' },
     questions: { type: 'string', default: '3' },
+    svg: { type: 'string' },
   },
 });
 const task = Number(args.task);
@@ -57,4 +59,18 @@ for (let i = 0; i < shown; i++) {
   console.log(`Q: ${ex.query.join(' ')}?  A: ${r.vocab.word(best)}  (truth: ${ex.answer})\n`);
 }
 console.log('* marks the supporting facts bAbI lists for each question.');
+if (args.svg !== undefined && shown > 0) {
+  // The first question: one row per hop, one column per story sentence.
+  const ex = test[0]!;
+  const kept = r.test.storyLengths[0]!;
+  const weights = new Float32Array(hops * kept);
+  for (let h = 0; h < hops; h++) weights.set(att.data.subarray(h * shown * m, h * shown * m + kept) as Float32Array, h * kept);
+  await attentionMap(tensor(weights, [hops, kept]), {
+    rowLabels: Array.from({ length: hops }, (_, h) => `hop ${h + 1}`),
+    colLabels: ex.story.slice(ex.story.length - kept).map((w) => w.join(' ')),
+    title: `${ex.query.join(' ')}? (answer: ${ex.answer})`,
+    path: args.svg,
+  });
+  console.log(`wrote ${args.svg}`);
+}
 r.model.dispose();
