@@ -392,7 +392,8 @@ export async function attentionMap(weights: Tensor, options: AttentionMapOptions
   const left = 14 + longest(rowLabels);
   const top = titleH + (maps.length > 1 ? 20 : 0) + 12 + longest(colLabels);
   const panelW = left + cols * cell + 16;
-  const width = maps.length * panelW;
+  // Wide enough for the title too (at font-size 14, about 8 px a character).
+  const width = Math.max(maps.length * panelW, title === undefined ? 0 : title.length * 8 + 24);
   const out = [svgOpen(width, top + rows * cell + 8)];
   if (title !== undefined) out.push(heading(width / 2, 20, title));
   maps.forEach((map, p) => {
