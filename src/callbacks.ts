@@ -109,6 +109,11 @@ export interface ModelCheckpointOptions {
   saveBestOnly?: boolean;
   /** Which way is better (default `auto`). */
   mode?: Mode;
+  /**
+   * With `saveBestOnly`, the best value so far: only epochs that beat it are saved. Give the best `monitor` value
+   * of the run being resumed, so that its first resumed epoch does not overwrite a better file.
+   */
+  initialValueThreshold?: number;
 }
 
 /** Built-in callbacks. Each call returns a fresh {@link Callback}; pass it in `fit`'s `callbacks`. */
@@ -157,16 +162,18 @@ export const callbacks = {
   /** Saves the model (weights, spec, optimizer state) after each epoch, or only after improving ones. */
   modelCheckpoint(options: ModelCheckpointOptions): Callback {
     const who = 'modelCheckpoint';
-    checkKeys(who, options, ['path', 'monitor', 'saveBestOnly', 'mode']);
+    checkKeys(who, options, ['path', 'monitor', 'saveBestOnly', 'mode', 'initialValueThreshold']);
+    const threshold = options.initialValueThreshold ?? NaN;
+    if (typeof threshold !== 'number') throw new TypeError(`${who}: initialValueThreshold must be a number, got ${describe(threshold)}`);
     if (typeof options.path !== 'string' || options.path === '') {
       throw new TypeError(`${who}: path must be a non-empty string, got ${describe(options.path)}`);
     }
     const monitor = options.monitor ?? 'val_loss';
     const improved = better(monitor, options.mode, 0);
-    let best = NaN;
+    let best = threshold;
     return {
       onTrainBegin() {
-        best = NaN;
+        best = threshold;
       },
       async onEpochEnd(epoch, logs, model) {
         if (options.saveBestOnly) {

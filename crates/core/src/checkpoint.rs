@@ -158,7 +158,10 @@ pub fn load<M: Checkpointed>(path: impl AsRef<Path>, device: &Device) -> Result<
             let lr = lr.parse().map_err(|_| Error::checkpoint(path, format!("invalid {LR} {lr:?}")))?;
             t.set_learning_rate(lr).map_err(|e| Error::checkpoint(path, e.to_string()))?;
         }
-        let step = meta.get(STEP).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let step = match meta.get(STEP) {
+            Some(s) => s.parse().map_err(|_| Error::checkpoint(path, format!("invalid {STEP} {s:?}")))?,
+            None => 0,
+        };
         let names: Vec<(String, Vec<usize>)> =
             t.params().iter().map(|(n, v)| (n.to_string(), v.dims().to_vec())).collect();
         let dtype = t.dtype;
@@ -176,17 +179,25 @@ pub fn load<M: Checkpointed>(path: impl AsRef<Path>, device: &Device) -> Result<
                     Ok(Some(t.to_dtype(dtype)?))
                 };
                 *slot = match (get("momentum")?, get("exp_avg")?, get("exp_avg_sq")?) {
-                    (Some(b), _, _) => Slot::Momentum(b),
+                    (Some(b), None, None) => Slot::Momentum(b),
                     (None, Some(m), Some(v)) => Slot::Moments { exp_avg: m, exp_avg_sq: v },
-                    _ => Slot::Empty,
+                    (None, None, None) => Slot::Empty,
+                    _ => {
+                        return Err(Error::checkpoint(
+                            path,
+                            format!("the optimizer state of {name} is incomplete (truncated or corrupt?)"),
+                        ));
+                    }
                 };
             }
         }
     }
     if let Some(r) = meta.get(RNG) {
-        let parts: Vec<u64> = r.split(',').filter_map(|p| p.parse().ok()).collect();
-        if let [a, b, c, d] = parts[..] {
-            t.set_rng_state([a, b, c, d]);
+        let parts: Vec<u64> =
+            r.split(',').map(|p| p.parse()).collect::<std::result::Result<_, _>>().unwrap_or_default();
+        match parts[..] {
+            [a, b, c, d] => t.set_rng_state([a, b, c, d]),
+            _ => return Err(Error::checkpoint(path, format!("invalid {RNG} {r:?}"))),
         }
     }
     Ok(model)

@@ -185,6 +185,41 @@ fn a_checkpoint_with_a_missing_or_broken_part_is_an_error() {
 }
 
 #[test]
+fn damaged_training_state_is_an_error_not_a_silent_restart() {
+    // A step count, generator state or optimizer moment that does not read back would resume a different run
+    // (Adam's bias correction and the schedules restart, dropout masks change): each must be reported.
+    let dir = Scratch::new("checkpoint_state");
+    let good = dir.join("good.safetensors");
+    let mut m = compiled(spec("float32"), json!({ "type": "adam" }), json!({ "type": "crossEntropy" }));
+    let (x, y) = batch(&mut Rng::new(1));
+    m.train_step(&x, &y, &[]).unwrap();
+    m.save(&good).unwrap();
+    Sequential::load(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let meta = SafeTensors::read_metadata(&bytes).unwrap().1.metadata().clone().unwrap();
+    for (key, value, says) in [
+        ("engram.optimizer.step", "1x", "engram.optimizer.step"),
+        ("engram.rng", "1,2,3", "engram.rng"),
+        ("engram.rng", "1,2,3,x", "engram.rng"),
+    ] {
+        let mut broken = meta.clone();
+        broken.insert(key.into(), value.into());
+        let path = dir.join("bad_meta.safetensors");
+        safetensors::serialize_to_file(st.tensors(), Some(broken), &path).unwrap();
+        let e = load_err(&path);
+        assert_names_path(&e, &path);
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let without: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "__optimizer__/head.bias/exp_avg_sq").collect();
+    assert_eq!(without.len() + 1, st.tensors().len(), "the file holds Adam's moments");
+    let path = dir.join("half_moments.safetensors");
+    safetensors::serialize_to_file(without, Some(meta), &path).unwrap();
+    let e = load_err(&path);
+    assert!(e.to_string().contains("optimizer state of head.bias is incomplete"), "{e}");
+}
+
+#[test]
 fn load_weights_with_a_wrong_shape_fails_and_changes_nothing() {
     // Hidden size 17 instead of the fixture's 16: every LSTM and dense weight has the wrong shape.
     let mut m = model(json!({ "layers": [
