@@ -61,10 +61,10 @@ function monitored(who: string, monitor: string, logs: Logs): number {
   return v;
 }
 
-function nonNegative(who: string, what: string, v: unknown, dflt: number, integer = false): number {
+function nonNegative(who: string, what: string, v: unknown, dflt: number, integer = false, min = 0): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (integer && !Number.isInteger(v))) {
-    throw new RangeError(`${who}: ${what} must be a${integer ? 'n integer' : ' number'} >= 0, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || (integer && !Number.isInteger(v))) {
+    throw new RangeError(`${who}: ${what} must be a${integer ? 'n integer' : ' number'} >= ${min}, got ${String(v)}`);
   }
   return v;
 }
@@ -144,7 +144,7 @@ export const callbacks = {
       },
       onEpochEnd(epoch, logs, model) {
         const v = monitored(who, monitor, logs);
-        if (Number.isNaN(best) || improved(v, best)) {
+        if ((Number.isNaN(best) && !Number.isNaN(v)) || improved(v, best)) {
           best = v;
           wait = 0;
           if (options.restoreBestWeights) bestWeights = model.getWeights();
@@ -249,8 +249,8 @@ export const schedules = {
     const who = 'stepDecay';
     checkKeys(who, options, ['factor', 'every', 'initialLearningRate']);
     const factor = nonNegative(who, 'factor', options.factor, 0.5);
-    const every = nonNegative(who, 'every', options.every, NaN, true);
-    if (!(every >= 1)) throw new RangeError(`${who}: every must be an integer >= 1, got ${String(options.every)}`);
+    if (options.every === undefined) throw new RangeError(`${who}: every (epochs between drops) is required`);
+    const every = nonNegative(who, 'every', options.every, NaN, true, 1);
     const initial = options.initialLearningRate;
     if (initial !== undefined) nonNegative(who, 'initialLearningRate', initial, 0);
     return {
@@ -267,8 +267,8 @@ export const schedules = {
   cosine(options: CosineOptions): Callback {
     const who = 'cosine';
     checkKeys(who, options, ['totalSteps', 'warmupSteps', 'minLearningRate', 'initialLearningRate']);
-    const total = nonNegative(who, 'totalSteps', options.totalSteps, NaN, true);
-    if (!(total >= 1)) throw new RangeError(`${who}: totalSteps must be an integer >= 1, got ${String(options.totalSteps)}`);
+    if (options.totalSteps === undefined) throw new RangeError(`${who}: totalSteps is required`);
+    const total = nonNegative(who, 'totalSteps', options.totalSteps, NaN, true, 1);
     const warmup = nonNegative(who, 'warmupSteps', options.warmupSteps, 0, true);
     if (warmup > total) throw new RangeError(`${who}: warmupSteps (${warmup}) must not exceed totalSteps (${total})`);
     const min = nonNegative(who, 'minLearningRate', options.minLearningRate, 0);
@@ -304,7 +304,7 @@ export const schedules = {
       onEpochEnd(_epoch, logs, model) {
         const v = monitored(who, monitor, logs);
         if (cooling > 0) cooling--;
-        if (Number.isNaN(best) || improved(v, best)) {
+        if ((Number.isNaN(best) && !Number.isNaN(v)) || improved(v, best)) {
           best = v;
           wait = 0;
         } else if (cooling === 0 && ++wait >= patience) {

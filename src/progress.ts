@@ -60,7 +60,7 @@ export class Progress {
     this.#bar = new cliProgress.SingleBar(
       {
         format: known
-          ? '{label} {bar} {value}/{total} | {logs} | {rate} items/s | ETA {eta}'
+          ? '{label} {bar} {value}/{total} | {logs} | {rate} items/s | ETA {remaining}'
           : '{label} {value} batches | {logs} | {rate} items/s | {elapsed}',
         stream: this.stream as NodeJS.WriteStream,
         hideCursor: false,
@@ -70,7 +70,7 @@ export class Progress {
       },
       cliProgress.Presets.shades_classic,
     );
-    this.#bar.start(total ?? 0, 0, { label: this.#label, logs: '', rate: '-', eta: '?', elapsed: '0s' });
+    this.#bar.start(total ?? 0, 0, { label: this.#label, logs: '', rate: '-', remaining: '?', elapsed: '0s' });
   }
 
   /** After batch `batch` (0-based), with the running logs and the rows seen this epoch. */
@@ -82,7 +82,7 @@ export class Progress {
       label: this.#label,
       logs: formatLogs(logs),
       rate: secs > 0 ? Math.round(rows / secs).toLocaleString('en-US') : '-',
-      eta: duration(eta),
+      remaining: duration(eta),
       elapsed: duration(secs),
     });
   }
@@ -92,7 +92,7 @@ export class Progress {
     const secs = (performance.now() - this.#started) / 1000;
     const rate = secs > 0 ? Math.round(rows / secs).toLocaleString('en-US') : '-';
     if (this.#bar) {
-      this.#bar.update(batches, { label: this.#label, logs: formatLogs(logs), rate, eta: '0s', elapsed: duration(secs) });
+      this.#bar.update(batches, { label: this.#label, logs: formatLogs(logs), rate, remaining: '0s', elapsed: duration(secs) });
       this.#bar.stop();
       this.#bar = undefined;
     } else if (this.verbose > 0) {
