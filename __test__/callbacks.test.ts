@@ -15,25 +15,8 @@ import {
   type Model,
   type Tensor,
 } from '../src/index.js';
-import { cycleBatch, tempDir } from './helpers.js';
+import { cycleBatch, denseModel as dense, linearData, tempDir } from './helpers.js';
 
-/** y = 2 x0 - x1 + 0.5: a linear task a dense layer fits. */
-function linearData(n: number): { x: Tensor; y: Tensor } {
-  const x = new Float32Array(n * 2);
-  const y = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    x[2 * i] = Math.sin(i);
-    x[2 * i + 1] = Math.cos(3 * i);
-    y[i] = 2 * x[2 * i]! - x[2 * i + 1]! + 0.5;
-  }
-  return { x: tensor(x, [n, 2]), y: tensor(y, [n, 1]) };
-}
-
-function dense(learningRate = 0.1): Model {
-  const m = sequential([layers.dense({ inputSize: 2, units: 1 })], { seed: 3 });
-  m.compile({ optimizer: optimizers.sgd({ learningRate }), loss: 'mse' });
-  return m;
-}
 
 /** A small next-token classifier compiled with accuracy and perplexity. */
 function classifier(): Model {

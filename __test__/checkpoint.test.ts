@@ -16,6 +16,7 @@ import {
   type Model,
   type Tensor,
 } from '../src/index.js';
+import { seededRandom as rand } from '../src/batching.js';
 import { LSTM_FIXTURE, readSafetensors, tempDir } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -69,18 +70,6 @@ function expectSameBytes(actual: Record<string, Tensor>, expected: Record<string
 /** Whether two weight records differ in any byte. */
 function anyByteDiffers(a: Record<string, Tensor>, b: Record<string, Tensor>): boolean {
   return Object.keys(b).some((k) => !bytesOf(a[k]!).equals(bytesOf(b[k]!)));
-}
-
-/** A small deterministic pseudo-random generator (mulberry32) for the data. */
-function rand(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
 }
 
 const VOCAB = 12;

@@ -2,26 +2,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { XMLParser } from 'fast-xml-parser';
 import { describe, expect, it } from 'vitest';
-import { History, layers, optimizers, sequential, tensor, type Batch, type Tensor } from '../src/index.js';
-import { tempDir } from './helpers.js';
+import { History, layers, optimizers, sequential, tensor, type Batch } from '../src/index.js';
+import { denseModel as dense, linearData, tempDir } from './helpers.js';
 
-/** y = 2 x0 - x1 + 0.5: a linear task a dense layer fits. */
-function linearData(n: number): { x: Tensor; y: Tensor } {
-  const x = new Float32Array(n * 2);
-  const y = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    x[2 * i] = Math.sin(i);
-    x[2 * i + 1] = Math.cos(3 * i);
-    y[i] = 2 * x[2 * i]! - x[2 * i + 1]! + 0.5;
-  }
-  return { x: tensor(x, [n, 2]), y: tensor(y, [n, 1]) };
-}
-
-function dense() {
-  const m = sequential([layers.dense({ inputSize: 2, units: 1 })], { seed: 3 });
-  m.compile({ optimizer: optimizers.sgd({ learningRate: 0.1 }), loss: 'mse' });
-  return m;
-}
 
 describe('fit', () => {
   it('trains over epochs with validation and returns the history', async () => {

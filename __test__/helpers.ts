@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import { tensor, type Tensor } from '../src/index.js';
+import { layers, optimizers, sequential, tensor, type Model, type Tensor } from '../src/index.js';
 
 /** Reads a safetensors file (F32, F64 and I32 tensors) into tensors by name. */
 export function readSafetensors(path: string): Record<string, Tensor> {
@@ -62,4 +62,23 @@ export function cycleBatch(batch: number, seqLen: number, vocab = 12): { x: Tens
     }
   }
   return { x: tensor(x, [batch, seqLen]), y: tensor(y, [batch, seqLen]) };
+}
+
+/** y = 2 x0 - x1 + 0.5 over n rows: a linear task a dense layer fits. */
+export function linearData(n: number): { x: Tensor; y: Tensor } {
+  const x = new Float32Array(n * 2);
+  const y = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    x[2 * i] = Math.sin(i);
+    x[2 * i + 1] = Math.cos(3 * i);
+    y[i] = 2 * x[2 * i]! - x[2 * i + 1]! + 0.5;
+  }
+  return { x: tensor(x, [n, 2]), y: tensor(y, [n, 1]) };
+}
+
+/** A seeded dense layer for {@link linearData}, compiled with SGD and mse. */
+export function denseModel(learningRate = 0.1): Model {
+  const m = sequential([layers.dense({ inputSize: 2, units: 1 })], { seed: 3 });
+  m.compile({ optimizer: optimizers.sgd({ learningRate }), loss: 'mse' });
+  return m;
 }

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { layers, optimizers, sequential, tensor, type Tensor } from '../src/index.js';
 import { Progress, duration, formatLogs } from '../src/progress.js';
+import { denseModel as dense, linearData } from './helpers.js';
 
 /** A stream that keeps what is written to it; by default it says it is a terminal (`unset`: no isTTY at all). */
 function fakeStream(tty: boolean | 'unset' = true) {
@@ -35,23 +35,6 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-/** y = 2 x0 - x1 + 0.5. */
-function linearData(n: number): { x: Tensor; y: Tensor } {
-  const x = new Float32Array(n * 2);
-  const y = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    x[2 * i] = Math.sin(i);
-    x[2 * i + 1] = Math.cos(3 * i);
-    y[i] = 2 * x[2 * i]! - x[2 * i + 1]! + 0.5;
-  }
-  return { x: tensor(x, [n, 2]), y: tensor(y, [n, 1]) };
-}
-
-function dense() {
-  const m = sequential([layers.dense({ inputSize: 2, units: 1 })], { seed: 3 });
-  m.compile({ optimizer: optimizers.sgd({ learningRate: 0.1 }), loss: 'mse' });
-  return m;
-}
 
 describe('formatLogs', () => {
   it('writes four decimals, lr in exponential notation, and leaves size out', () => {
