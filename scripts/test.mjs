@@ -1,4 +1,4 @@
-// `npm test`: builds what is missing, runs the Rust tests and the vitest suites, and ends with one line
+// `npm test`: builds what is missing, runs the Rust tests, the vitest suites and the install test, and ends with one line
 // `N passed, N failed` summed over all of them. Exits non-zero if anything failed.
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
@@ -17,7 +17,7 @@ function run(cmd, args) {
   return r;
 }
 
-if (!readdirSync('src').some((f) => f.endsWith('.node')) || !existsSync('src/native.js')) {
+if (!readdirSync('src').some((f) => f.endsWith('.node')) || !existsSync('src/native.cjs')) {
   const b = run('npm', ['run', 'build:native']);
   if (b.status !== 0) {
     console.log('0 passed, 1 failed');
@@ -44,6 +44,15 @@ if (existsSync(out)) {
   failed++;
 }
 if (vitest.status !== 0 && failed === 0) failed++;
+
+// The release as users get it: published to a local registry, installed into clean folders (scripts/test-install.mjs).
+const install = run('node', ['scripts/test-install.mjs']);
+const counted = /install: (\d+) passed, (\d+) failed/.exec(install.stdout ?? '');
+if (counted) {
+  passed += Number(counted[1]);
+  failed += Number(counted[2]);
+}
+if (!counted || (install.status !== 0 && Number(counted[2]) === 0)) failed++;
 
 /** A suite that failed without running any test (it did not load) counts as one failure. */
 function suitesThatRanNoTest(r) {

@@ -8,6 +8,8 @@
  * @module
  */
 
+export { backend } from './backend.js';
+export type { Backend } from './backend.js';
 export { layers } from './layers.js';
 export type {
   Activation,

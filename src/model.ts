@@ -1,4 +1,4 @@
-import { Model as NativeModel, loadModel, type JsState } from './native.js';
+import { NativeModel, loadModel, type JsState } from './backend.js';
 import { native, nativeAsync } from './errors.js';
 import type { LayerSpec } from './layers.js';
 import type { OptimizerSpec } from './optimizers.js';
@@ -170,6 +170,11 @@ export class Model {
   /** `'sequential'` or `'memoryNetwork'`. */
   get kind(): string {
     return this.#kind;
+  }
+
+  /** The device the model lives on: `'cpu'`, `'cuda:0'` ... (see {@link backend}). */
+  get device(): string {
+    return this.#native.device;
   }
 
   #check(op: string): NativeModel {

@@ -1,11 +1,13 @@
 //! engram-node: the Node.js binding of engram-core. It knows Node (typed arrays, promises, JS errors) and no
 //! maths: every call converts its arguments once, runs one core call per batch, and converts the result.
 
+mod device;
 mod error;
 mod model;
 mod net;
 mod tensor;
 
+pub use device::{NativeBackend, native_backend};
 pub use model::{Model, StepResult, load_model};
 
 /// Runs when the addon loads, on the JS thread, before any model exists.

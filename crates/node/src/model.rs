@@ -12,6 +12,7 @@ use napi::bindgen_prelude::{AsyncTask, Env, Int32Array};
 use napi::{Task, bindgen_prelude::Result};
 use napi_derive::napi;
 
+use crate::device;
 use crate::error::{guard, state_error, to_napi, type_error};
 use crate::net::Net;
 use crate::tensor::{JsState, JsTensor, NamedTensor, states_to_host, to_host, to_js};
@@ -21,6 +22,7 @@ type Shared = Arc<Mutex<Option<Net>>>;
 #[napi]
 pub struct Model {
     inner: Shared,
+    device: String,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T> {
@@ -54,16 +56,24 @@ impl Model {
     #[napi(factory, catch_unwind)]
     pub fn create(spec_json: String) -> Result<Model> {
         let config: SequentialConfig = parse_json("model spec", &spec_json)?;
-        let model = Sequential::new(config).map_err(to_napi)?;
-        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::Sequential(model)))) })
+        let (on, device) = device::current()?;
+        let model = Sequential::new_on(config, &on).map_err(to_napi)?;
+        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::Sequential(model)))), device })
     }
 
     /// Builds an end-to-end memory network from its JSON options.
     #[napi(factory, catch_unwind)]
     pub fn create_memory_network(options_json: String) -> Result<Model> {
         let config: MemoryNetworkConfig = parse_json("memoryNetwork options", &options_json)?;
-        let model = MemoryNetwork::new(config).map_err(to_napi)?;
-        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::MemoryNetwork(model)))) })
+        let (on, device) = device::current()?;
+        let model = MemoryNetwork::new_on(config, &on).map_err(to_napi)?;
+        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::MemoryNetwork(model)))), device })
+    }
+
+    /// The device the model lives on, as `ENGRAM_DEVICE` names it (`cpu`, `cuda:0`).
+    #[napi(getter)]
+    pub fn device(&self) -> String {
+        self.device.clone()
     }
 
     /// `sequential` or `memoryNetwork`.
@@ -368,15 +378,18 @@ pub struct LoadTask {
 }
 
 impl Task for LoadTask {
-    type Output = Net;
+    type Output = (Net, String);
     type JsValue = Model;
 
-    fn compute(&mut self) -> Result<Net> {
-        guard("load", || Net::load(self.path.as_ref()).map_err(to_napi))
+    fn compute(&mut self) -> Result<(Net, String)> {
+        guard("load", || {
+            let (on, device) = device::current()?;
+            Ok((Net::load(self.path.as_ref(), &on).map_err(to_napi)?, device))
+        })
     }
 
-    fn resolve(&mut self, _env: Env, output: Net) -> Result<Model> {
-        Ok(Model { inner: Arc::new(Mutex::new(Some(output))) })
+    fn resolve(&mut self, _env: Env, (net, device): (Net, String)) -> Result<Model> {
+        Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device })
     }
 }
 

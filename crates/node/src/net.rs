@@ -192,11 +192,10 @@ impl Net {
         }
     }
 
-    pub fn load(path: &Path) -> Result<Net> {
-        let cpu = Device::Cpu;
+    pub fn load(path: &Path, device: &Device) -> Result<Net> {
         match checkpoint::stored_kind(path)?.as_str() {
-            MemoryNetwork::KIND => Ok(Net::MemoryNetwork(checkpoint::load(path, &cpu)?)),
-            _ => Ok(Net::Sequential(checkpoint::load(path, &cpu)?)),
+            MemoryNetwork::KIND => Ok(Net::MemoryNetwork(checkpoint::load(path, device)?)),
+            _ => Ok(Net::Sequential(checkpoint::load(path, device)?)),
         }
     }
 

@@ -1,0 +1,104 @@
+//! Which device a new or loaded model lives on. `ENGRAM_DEVICE` chooses: `cpu`, `cuda`/`cuda:N` or
+//! `metal`/`metal:N`, the GPU kinds only in a binary built with that cargo feature. Unset, a GPU binary uses GPU 0
+//! when one answers and the CPU otherwise; a CPU binary uses the CPU. The variable is read at each model's
+//! creation, so one process can hold models on both.
+
+use std::sync::Mutex;
+
+use engram_core::Device;
+use napi::bindgen_prelude::Result;
+use napi_derive::napi;
+
+use crate::error::{state_error, type_error};
+
+/// The GPU kinds compiled into this binary.
+const GPU_KINDS: &[&str] = &[
+    #[cfg(feature = "cuda")]
+    "cuda",
+    #[cfg(feature = "metal")]
+    "metal",
+];
+
+/// One handle per GPU: candle ties every tensor to the handle it was made on, and a handle owns a GPU context,
+/// so models on the same GPU share one.
+static OPENED: Mutex<Vec<(String, Device)>> = Mutex::new(Vec::new());
+
+fn parse(setting: &str) -> Result<(&str, usize)> {
+    let (kind, ordinal) = match setting.split_once(':') {
+        Some((k, n)) => {
+            let n = n.parse::<usize>().map_err(|_| {
+                type_error(format!("ENGRAM_DEVICE: expected cpu, cuda, cuda:N, metal or metal:N, got {setting:?}"))
+            })?;
+            (k, n)
+        }
+        None => (setting, 0),
+    };
+    match kind {
+        "cpu" | "cuda" | "metal" => Ok((kind, ordinal)),
+        _ => Err(type_error(format!("ENGRAM_DEVICE: expected cpu, cuda, cuda:N, metal or metal:N, got {setting:?}"))),
+    }
+}
+
+fn open(kind: &str, ordinal: usize) -> Result<Device> {
+    let name = format!("{kind}:{ordinal}");
+    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, d)) = opened.iter().find(|(n, _)| *n == name) {
+        return Ok(d.clone());
+    }
+    let Some(device) = gpu(kind, ordinal) else {
+        return Err(state_error(format!(
+            "ENGRAM_DEVICE={name}: this engram binary was built without {kind} (its GPU kinds: {}); {}, or unset \
+             ENGRAM_DEVICE to train on the CPU",
+            if GPU_KINDS.is_empty() { "none".to_string() } else { GPU_KINDS.join(", ") },
+            if kind == "cuda" {
+                "install the CUDA build (`npm install engram-cuda-linux-x64-gnu`, Linux x64)"
+            } else {
+                "the macOS packages are built with metal"
+            }
+        )));
+    };
+    let device = device.map_err(|e| state_error(format!("ENGRAM_DEVICE={name}: cannot open the GPU: {e}")))?;
+    opened.push((name, device.clone()));
+    Ok(device)
+}
+
+/// Opens a GPU of a kind compiled into this binary; `None` for a kind that is not.
+#[allow(unused_variables)]
+fn gpu(kind: &str, ordinal: usize) -> Option<std::result::Result<Device, String>> {
+    match kind {
+        #[cfg(feature = "cuda")]
+        "cuda" => Some(Device::new_cuda(ordinal).map_err(|e| e.to_string())),
+        #[cfg(feature = "metal")]
+        "metal" => Some(Device::new_metal(ordinal).map_err(|e| e.to_string())),
+        _ => None,
+    }
+}
+
+/// The device for a model created or loaded now, with its name as `ENGRAM_DEVICE` writes it (`cpu`, `cuda:0`).
+pub fn current() -> Result<(Device, String)> {
+    match std::env::var("ENGRAM_DEVICE") {
+        Ok(s) if !s.trim().is_empty() => match parse(&s.trim().to_ascii_lowercase())? {
+            ("cpu", _) => Ok((Device::Cpu, "cpu".into())),
+            (kind, n) => Ok((open(kind, n)?, format!("{kind}:{n}"))),
+        },
+        _ => Ok(GPU_KINDS
+            .first()
+            .and_then(|kind| open(kind, 0).ok().map(|d| (d, format!("{kind}:0"))))
+            .unwrap_or((Device::Cpu, "cpu".into()))),
+    }
+}
+
+/// What this binary can run on and where new models go.
+#[napi(object)]
+pub struct NativeBackend {
+    /// GPU kinds compiled in: `[]`, `["cuda"]` or `["metal"]`.
+    pub gpu: Vec<String>,
+    /// Where a model created now would live (`cpu`, `cuda:0`, `metal:0` ...), after `ENGRAM_DEVICE`.
+    pub device: String,
+}
+
+/// Reports the binary's GPU kinds and the device new models get; an unusable `ENGRAM_DEVICE` is an error.
+#[napi(catch_unwind)]
+pub fn native_backend() -> Result<NativeBackend> {
+    Ok(NativeBackend { gpu: GPU_KINDS.iter().map(|s| s.to_string()).collect(), device: current()?.1 })
+}

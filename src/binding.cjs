@@ -1,0 +1,104 @@
+'use strict';
+// Chooses engram's native binary and explains a missing one. napi-rs generates `native.cjs`, which finds the
+// CPU binary for this platform (a `.node` file beside it in a source checkout, else the optional dependency
+// `engram-<platform>`). Before it, this file looks for the opt-in CUDA build, and after a failure it replaces
+// the generic "Cannot find native binding" with the platform, the package that should have been there and what
+// to do. CommonJS, so both the ESM and the CJS builds of the facade load the one addon instance.
+
+/** Platforms with a prebuilt CPU binary, as `npm/<dir>` names them. */
+const PREBUILT = [
+  'linux-x64-gnu',
+  'linux-arm64-gnu',
+  'linux-x64-musl',
+  'linux-arm64-musl',
+  'darwin-x64',
+  'darwin-arm64',
+  'win32-x64-msvc',
+];
+/** Platforms with a CUDA build, and its package. */
+const CUDA = { 'linux-x64-gnu': 'engram-cuda-linux-x64-gnu' };
+
+function libc() {
+  if (process.platform !== 'linux') return null;
+  try {
+    const report = process.report && process.report.getReport();
+    const header = report && (typeof report === 'string' ? JSON.parse(report).header : report.header);
+    if (header && header.glibcVersionRuntime) return 'gnu';
+  } catch {
+    // fall through to the file test
+  }
+  try {
+    return require('fs').readFileSync('/usr/bin/ldd', 'utf8').includes('musl') ? 'musl' : 'gnu';
+  } catch {
+    return 'musl';
+  }
+}
+
+/** This machine as npm's platform packages name it: `linux-x64-gnu`, `darwin-arm64`, `win32-x64-msvc`. */
+function platformName() {
+  const { platform, arch } = process;
+  if (platform === 'linux') return `${platform}-${arch}-${libc()}`;
+  if (platform === 'win32') return `${platform}-${arch}-msvc`;
+  return `${platform}-${arch}`;
+}
+
+function isMissing(err, name) {
+  return Boolean(err && err.code === 'MODULE_NOT_FOUND' && String(err.message).includes(`'${name}'`));
+}
+
+const platform = platformName();
+const requested = (process.env.ENGRAM_DEVICE || '').trim().toLowerCase();
+const cudaPackage = CUDA[platform];
+const notes = [];
+let binding = null;
+let source = null;
+
+if (requested === '' || requested.startsWith('cuda')) {
+  if (cudaPackage) {
+    try {
+      binding = require(cudaPackage);
+      source = cudaPackage;
+    } catch (err) {
+      if (requested.startsWith('cuda') || !isMissing(err, cudaPackage)) {
+        const why = isMissing(err, cudaPackage)
+          ? `the CUDA build is not installed: run \`npm install ${cudaPackage}\` beside engram`
+          : `${cudaPackage} is installed but did not load (${err && err.message}); it needs an NVIDIA driver`;
+        if (requested.startsWith('cuda')) {
+          const e = new Error(`engram: ENGRAM_DEVICE=${requested} but ${why}. Unset ENGRAM_DEVICE to use the CPU.`);
+          e.cause = err;
+          throw e;
+        }
+        notes.push(`${why}; using the CPU build`);
+      }
+    }
+  } else if (requested.startsWith('cuda')) {
+    throw new Error(
+      `engram: ENGRAM_DEVICE=${requested}, but there is no CUDA build for ${platform} (CUDA builds: ${Object.keys(CUDA).join(', ')}). Unset ENGRAM_DEVICE to use the CPU.`,
+    );
+  }
+}
+
+if (binding === null) {
+  try {
+    binding = require('./native.cjs');
+    const local = require('path').join(__dirname, `engram.${platform}.node`);
+    source = process.env.NAPI_RS_NATIVE_LIBRARY_PATH || (require('fs').existsSync(local) ? local : `engram-${platform}`);
+  } catch (err) {
+    const pkg = `engram-${platform}`;
+    const runtime = `Node ${process.versions.node}`;
+    const what = PREBUILT.includes(platform)
+      ? `its binary package ${pkg} is not installed. npm installs only the package for the platform it runs on, and ` +
+        `skips it with --omit=optional, --no-optional or a lockfile or node_modules made on another platform. ` +
+        `On this machine, remove node_modules and package-lock.json and run \`npm install engram\` again ` +
+        `(or \`npm install ${pkg}\`)`
+      : `engram has no prebuilt binary for it (prebuilt: ${PREBUILT.join(', ')}). Build one from source ` +
+        `(a Rust toolchain, then \`npm run build\` in a clone of the repository) and point NAPI_RS_NATIVE_LIBRARY_PATH ` +
+        `at the .node file`;
+    const e = new Error(`engram cannot load its native binary for ${platform} (${runtime}): ${what}.`);
+    e.cause = err;
+    throw e;
+  }
+}
+
+// Where the binary came from (a package name, or a path) and anything worth knowing about the choice.
+module.exports = Object.assign({}, binding, { loadedFrom: { source, platform, notes } });
