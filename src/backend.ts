@@ -26,8 +26,8 @@ export interface Backend {
   /** GPU kinds compiled into the binary: `[]`, `['cuda']` or `['metal']`. */
   gpu: string[];
   /**
-   * The device a model created now gets (`cpu`, `cuda:0`, `metal:0`): `ENGRAM_DEVICE` if set, else the
-   * binary's GPU when one answers, else the CPU.
+   * The device a model created now gets (`cpu`, `cuda:0`, `metal:0`): `ENGRAM_DEVICE` if set; else, with the
+   * CUDA build, GPU 0 when one answers; else the CPU.
    */
   device: string;
   /** Why the loader chose as it did, e.g. a CUDA build that is installed but could not load. */

@@ -1,6 +1,6 @@
 //! Which device a new or loaded model lives on. `ENGRAM_DEVICE` chooses: `cpu`, `cuda`/`cuda:N` or
-//! `metal`/`metal:N`, the GPU kinds only in a binary built with that cargo feature. Unset, a GPU binary uses GPU 0
-//! when one answers and the CPU otherwise; a CPU binary uses the CPU. The variable is read at each model's
+//! `metal`/`metal:N`, the GPU kinds only in a binary built with that cargo feature. Unset, the CUDA build uses
+//! GPU 0 when one answers and the CPU otherwise; every other binary uses the CPU. The variable is read at each model's
 //! creation, so one process can hold models on both.
 
 use std::sync::Mutex;
@@ -81,8 +81,11 @@ pub fn current() -> Result<(Device, String)> {
             ("cpu", _) => Ok((Device::Cpu, "cpu".into())),
             (kind, n) => Ok((open(kind, n)?, format!("{kind}:{n}"))),
         },
+        // Only a CUDA binary moves models to the GPU unasked: it is a separate package the user installed for
+        // that. Metal is built into the ordinary macOS packages, so there it takes ENGRAM_DEVICE=metal.
         _ => Ok(GPU_KINDS
-            .first()
+            .iter()
+            .find(|kind| **kind == "cuda")
             .and_then(|kind| open(kind, 0).ok().map(|d| (d, format!("{kind}:0"))))
             .unwrap_or((Device::Cpu, "cpu".into()))),
     }
