@@ -23,6 +23,14 @@ describe('examples', () => {
     expect(svg).toContain(`data-values="${history.history.val_loss!.join(',')}"`);
   });
 
+  it('device-check trains the same models on the chosen device and the CPU and compares them', () => {
+    const { code, out } = runExample('examples/device-check.ts', ['--steps', '2']);
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/^lstm: on cpu vs cpu, 2 steps: .* max loss diff 0\.00e\+0, max logit diff 0\.00e\+0/m);
+    expect(out).toMatch(/^transformer: on cpu vs cpu, 2 steps: /m);
+    expect(out).toMatch(/^AGREE \(worst difference 0\.00e\+0, both on the CPU\)/m);
+  });
+
   it('adding-problem beats the predict-the-mean baseline in a short run', () => {
     const { code, out } = runExample('examples/adding-problem.ts', ['--steps', '10', '--train', '2000', '--test', '300', '--epochs', '8', '--hidden', '16']);
     expect(code, out).toBe(0);
