@@ -398,6 +398,37 @@ async function main() {
     'ENGRAM_DEVICE=cuda without the CUDA build says which package to install',
     cuda.status !== 0 && cuda.stderr.includes('npm install engram-cuda-linux-x64-gnu'),
   );
+
+  // --- 6. the opt-in CUDA package, when `npm run build:cuda` has built it here -----------------------------------
+  const cudaDir = join(root, 'npm', 'cuda-linux-x64-gnu');
+  if (!existsSync(join(cudaDir, BINARY))) {
+    console.log('CUDA package: not built on this machine (npm run build:cuda), so not published or installed here');
+    return;
+  }
+  const cudaStage = join(work, 'stage-cuda');
+  cpSync(cudaDir, cudaStage, { recursive: true });
+  pointAtRegistry(cudaStage);
+  publishHere(cudaStage);
+  const cudaPacked = JSON.parse(must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: cudaStage, env: npmEnv }).stdout)[0];
+  console.log(`  engram-cuda-linux-x64-gnu@${version}: ${mb(cudaPacked.size)} packed, ${mb(cudaPacked.unpackedSize)} unpacked`);
+  const appCuda = join(work, 'app-cuda');
+  mkdirSync(appCuda);
+  writeFileSync(join(appCuda, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }, null, 2));
+  must('npm install engram engram-cuda-linux-x64-gnu', 'npm', ['install', 'engram', 'engram-cuda-linux-x64-gnu'], {
+    cwd: appCuda,
+    env: npmEnv,
+  });
+  writeFileSync(join(appCuda, 'train.mjs'), trainScript('esm'));
+  const r = run(process.execPath, ['train.mjs'], { cwd: appCuda, env: { ...process.env, RAYON_NUM_THREADS: '2' } });
+  console.log(`$ node train.mjs   (engram + engram-cuda-linux-x64-gnu)\n${(r.stdout + r.stderr).trim()}`);
+  const device = /^backend (\S+) (\S+) (\S+)$/m.exec(r.stdout);
+  check(
+    'with the CUDA package installed, engram loads it and trains (on the GPU if one answers, else the CPU)',
+    r.status === 0 && device?.[1] === 'engram-cuda-linux-x64-gnu' && /\nOK\b/.test(`\n${r.stdout}`),
+    device ? `device ${device[3]}` : '',
+  );
+  const cpu = run(process.execPath, ['train.mjs'], { cwd: appCuda, env: { ...process.env, ENGRAM_DEVICE: 'cpu' } });
+  check('ENGRAM_DEVICE=cpu loads the CPU package even with the CUDA one installed', /^backend engram-linux-x64-gnu /m.test(cpu.stdout));
 }
 
 /** A user's first script: a few steps of fit, save, load, predict. */

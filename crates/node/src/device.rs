@@ -62,14 +62,20 @@ fn open(kind: &str, ordinal: usize) -> Result<Device> {
     Ok(device)
 }
 
+/// An error's message without the backtrace candle appends when RUST_BACKTRACE is set.
+#[cfg(any(feature = "cuda", feature = "metal"))]
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 /// Opens a GPU of a kind compiled into this binary; `None` for a kind that is not.
 #[allow(unused_variables)]
 fn gpu(kind: &str, ordinal: usize) -> Option<std::result::Result<Device, String>> {
     match kind {
         #[cfg(feature = "cuda")]
-        "cuda" => Some(Device::new_cuda(ordinal).map_err(|e| e.to_string())),
+        "cuda" => Some(Device::new_cuda(ordinal).map_err(|e| first_line(&e))),
         #[cfg(feature = "metal")]
-        "metal" => Some(Device::new_metal(ordinal).map_err(|e| e.to_string())),
+        "metal" => Some(Device::new_metal(ordinal).map_err(|e| first_line(&e))),
         _ => None,
     }
 }
