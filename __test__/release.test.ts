@@ -10,6 +10,7 @@ const workflow = readFileSync(workflowPath, 'utf8');
 
 /** napi-rs's name for a target's platform package directory, e.g. `linux-x64-gnu`. */
 function platformOf(target: string): string {
+  if (target.startsWith('wasm32-')) return 'wasm32-wasi';
   const [arch, , os, abi] = target.split('-');
   const cpu = arch === 'x86_64' ? 'x64' : arch === 'aarch64' ? 'arm64' : arch!;
   if (os === 'linux') return `linux-${cpu}-${abi}`;
@@ -46,16 +47,16 @@ describe('the release workflow', () => {
     }
   });
 
-  it('tests each platform under Node 20, 22 and 24, and publishes only after every test job', () => {
-    expect([...workflow.matchAll(/node: \['20', '22', '24'\]/g)]).toHaveLength(2);
-    expect(workflow).toMatch(/needs: \[test, test-musl, test-install, cuda\]/);
+  it('tests each platform (and the WebAssembly build) under Node 20, 22 and 24, and publishes only after every test job', () => {
+    expect([...workflow.matchAll(/node: \['20', '22', '24'\]/g)]).toHaveLength(3);
+    expect(workflow).toMatch(/needs: \[test, test-musl, test-wasm, test-install, cuda\]/);
     expect(workflow).toMatch(/if: startsWith\(github.ref, 'refs\/tags\/v'\)/);
   });
 });
 
 describe('the npm packages', () => {
   it('has one platform package per target, at the root version, for its os, cpu and libc', () => {
-    for (const target of pkg.napi.targets as string[]) {
+    for (const target of (pkg.napi.targets as string[]).filter((t) => !t.startsWith('wasm32-'))) {
       const dir = join('npm', platformOf(target));
       const p = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
       const platform = platformOf(target);
@@ -68,6 +69,19 @@ describe('the npm packages', () => {
       if (platform.startsWith('linux')) expect(p.libc).toEqual([platform.endsWith('musl') ? 'musl' : 'glibc']);
       expect(p.publishConfig?.registry).toBeUndefined();
     }
+  });
+
+  it('has a WebAssembly package that npm installs only when asked (--cpu=wasm32), with its runtime', () => {
+    const p = JSON.parse(readFileSync('npm/wasm32-wasi/package.json', 'utf8'));
+    expect(p.name).toBe('engram-wasm32-wasi');
+    expect(p.version).toBe(pkg.version);
+    expect(p.cpu).toEqual(['wasm32']);
+    expect(p.main).toBe('engram.wasi.cjs');
+    expect(p.files).toEqual(expect.arrayContaining(['engram.wasm32-wasi.wasm', 'engram.wasi.cjs', 'wasi-worker.mjs']));
+    // The JS half of emnapi must be the version whose C half is linked into the module.
+    expect(p.dependencies['@emnapi/core']).toBe(pkg.devDependencies.emnapi);
+    expect(p.dependencies['@emnapi/runtime']).toBe(pkg.devDependencies.emnapi);
+    expect(Object.keys(p.dependencies)).toContain('@napi-rs/wasm-runtime');
   });
 
   it('has an opt-in CUDA package, at the root version, that only the user installs', () => {

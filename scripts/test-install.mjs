@@ -41,6 +41,8 @@ const TARGET = 'x86_64-unknown-linux-gnu';
 const PLATFORM = 'linux-x64-gnu';
 const BINARY = `engram.${PLATFORM}.node`;
 const napi = join(root, 'node_modules/@napi-rs/cli/dist/cli.js');
+const WASM_TARGET = 'wasm32-wasip1-threads';
+const WASM = 'engram.wasm32-wasi.wasm';
 
 let passed = 0;
 let failed = 0;
@@ -187,7 +189,9 @@ async function main() {
     if (effective.stdout.trim() !== registry) {
       throw new Error(`npm in ${dir} would publish to ${effective.stdout.trim()}, not ${registry}`);
     }
-    must(`publish ${pkg.name}`, 'npm', ['publish', '--ignore-scripts', ...extraArgs], { cwd: dir, env: npmEnv });
+    // npm publishes a prerelease (emnapi 2.0.0-beta.2) only under an explicit dist-tag.
+    const tag = pkg.version.includes('-') ? ['--tag', 'prerelease'] : [];
+    must(`publish ${pkg.name}`, 'npm', ['publish', '--ignore-scripts', ...tag, ...extraArgs], { cwd: dir, env: npmEnv });
   }
 
   /** Points a staged package.json at the local registry (and drops what must not run or leave). */
@@ -199,18 +203,34 @@ async function main() {
     writeFileSync(file, `${JSON.stringify(pkg, null, 2)}\n`);
   }
 
-  // engram's runtime dependencies, copied from node_modules: the registry has no uplink to fetch them.
-  const tree = JSON.parse(
-    must('npm ls', 'npm', ['ls', '--omit=dev', '--all', '--json', '--long'], { cwd: root }).stdout,
-  );
-  const deps = new Map();
-  (function walk(node) {
-    for (const [name, d] of Object.entries(node.dependencies ?? {})) {
-      if (d.extraneous || !d.path || deps.has(`${name}@${d.version}`)) continue;
-      deps.set(`${name}@${d.version}`, { name, path: d.path });
-      walk(d);
+  // engram's runtime dependencies (and the WebAssembly package's, when it is built), copied from node_modules:
+  // the registry has no uplink to fetch them.
+  const wasmDir = join(root, 'npm', 'wasm32-wasi');
+  const wasmBuilt = existsSync(join(wasmDir, WASM));
+  const wanted = Object.keys(rootPkg.dependencies ?? {});
+  if (wasmBuilt) wanted.push(...Object.keys(JSON.parse(readFileSync(join(wasmDir, 'package.json'), 'utf8')).dependencies));
+  /** Where Node would find package `name` required from `dir`: its node_modules, then each parent's. */
+  const resolvePackage = (dir, name) => {
+    for (let d = dir; ; d = dirname(d)) {
+      if (existsSync(join(d, 'node_modules', name, 'package.json'))) return join(d, 'node_modules', name);
+      if (dirname(d) === d) return null;
     }
-  })(tree);
+  };
+  const deps = new Map();
+  (function walk(names, from, required) {
+    for (const name of names) {
+      const path = resolvePackage(from, name);
+      if (!path) {
+        if (required) throw new Error(`cannot seed the registry: ${name} (needed from ${from}) is not installed`);
+        continue;
+      }
+      const p = JSON.parse(readFileSync(join(path, 'package.json'), 'utf8'));
+      if (deps.has(`${name}@${p.version}`)) continue;
+      deps.set(`${name}@${p.version}`, { name, path });
+      walk(Object.keys(p.dependencies ?? {}), path, true);
+      walk([...Object.keys(p.peerDependencies ?? {}), ...Object.keys(p.optionalDependencies ?? {})], path, false);
+    }
+  })(wanted, root, true);
   for (const [id, { path }] of deps) {
     const dir = join(work, 'deps', id.replace(/[/@]/g, '_'));
     cpSync(path, dir, { recursive: true, filter: (src) => !src.includes(`${path}/node_modules`) });
@@ -228,9 +248,10 @@ async function main() {
   for (const f of ['package.json', 'README.md', 'dist', 'npm']) {
     cpSync(join(root, f), join(stage, f), { recursive: true, filter: (src) => !src.endsWith('.node') });
   }
-  // This machine builds one target; the staged napi config names only it, so pre-publish expects only its binary.
+  // This machine builds one native target (and the WebAssembly one if `npm run build:wasm` has run); the staged
+  // napi config names only those, so pre-publish expects only their binaries.
   pointAtRegistry(stage, (pkg) => {
-    pkg.napi.targets = [TARGET];
+    pkg.napi.targets = wasmBuilt ? [TARGET, WASM_TARGET] : [TARGET];
     delete pkg.scripts;
     delete pkg.devDependencies;
     delete pkg.overrides;
@@ -239,6 +260,17 @@ async function main() {
   const artifacts = join(work, 'artifacts', `bindings-${TARGET}`);
   mkdirSync(artifacts, { recursive: true });
   cpSync(join(root, 'src', BINARY), join(artifacts, BINARY));
+  if (wasmBuilt) {
+    pointAtRegistry(join(stage, 'npm', 'wasm32-wasi'));
+    // As the release workflow uploads it: the module and the loader and workers napi build wrote beside it.
+    const wasmArtifacts = join(work, 'artifacts', `bindings-${WASM_TARGET}`);
+    mkdirSync(wasmArtifacts);
+    for (const f of readdirSync(wasmDir).filter((f) => /^(engram\.wasi|wasi-worker|engram\.wasm32)/.test(f))) {
+      cpSync(join(wasmDir, f), join(wasmArtifacts, f));
+    }
+  } else {
+    console.log('WebAssembly package: not built on this machine (npm run build:wasm), so not published or installed here');
+  }
   must('napi artifacts', process.execPath, [napi, 'artifacts', '--output-dir', join(work, 'artifacts'), '--npm-dir', 'npm'], {
     cwd: stage,
     env: npmEnv,
@@ -257,7 +289,8 @@ async function main() {
   const staged = JSON.parse(readFileSync(join(stage, 'package.json'), 'utf8'));
   check(
     'pre-publish wrote exact-version optionalDependencies',
-    staged.optionalDependencies?.[`engram-${PLATFORM}`] === version,
+    staged.optionalDependencies?.[`engram-${PLATFORM}`] === version &&
+      (!wasmBuilt || staged.optionalDependencies?.['engram-wasm32-wasi'] === version),
     JSON.stringify(staged.optionalDependencies),
   );
   const packed = JSON.parse(must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: stage, env: npmEnv }).stdout)[0];
@@ -279,8 +312,15 @@ async function main() {
   console.log('\npackage sizes (npm pack):');
   console.log(`  engram@${version}: ${kb(packed.size)} packed, ${kb(packed.unpackedSize)} unpacked, ${files.length} files`);
   console.log(
-    `  engram-${PLATFORM}@${version}: ${mb(platformPacked.size)} packed, ${mb(platformPacked.unpackedSize)} unpacked, ${platformPacked.files.length} files\n`,
+    `  engram-${PLATFORM}@${version}: ${mb(platformPacked.size)} packed, ${mb(platformPacked.unpackedSize)} unpacked, ${platformPacked.files.length} files`,
   );
+  if (wasmBuilt) {
+    const w = JSON.parse(
+      must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: join(stage, 'npm', 'wasm32-wasi'), env: npmEnv }).stdout,
+    )[0];
+    console.log(`  engram-wasm32-wasi@${version}: ${mb(w.size)} packed, ${mb(w.unpackedSize)} unpacked, ${w.files.length} files`);
+  }
+  console.log('');
 
   // --- 4. install into clean folders and train --------------------------------------------------------------------
   const appEsm = join(work, 'app-esm');
@@ -390,8 +430,28 @@ async function main() {
   console.log(`$ node -e "await import('engram')"   (as linux riscv64)\n${riscvMessage}`);
   check(
     'on a platform with no prebuilt binary, the error names it and says how to build one',
-    riscv.status !== 0 && riscvMessage.includes('linux-riscv64-gnu') && riscvMessage.includes('no prebuilt binary'),
+    riscv.status !== 0 &&
+      riscvMessage.includes('linux-riscv64-gnu') &&
+      riscvMessage.includes('no prebuilt binary') &&
+      riscvMessage.includes('npm install --cpu=wasm32 engram'),
   );
+  // There, the WebAssembly build is the way out: install it and the same script trains, on the CPU.
+  if (wasmBuilt) {
+    must('npm install --cpu=wasm32 engram', 'npm', ['install', '--cpu=wasm32', 'engram'], { cwd: appMusl, env: npmEnv });
+    writeFileSync(join(appMusl, 'train.cjs'), trainScript('cjs'));
+    const t0 = Date.now();
+    const r = run(process.execPath, ['-r', './riscv.cjs', 'train.cjs'], {
+      cwd: appMusl,
+      env: { ...process.env, RAYON_NUM_THREADS: '2' },
+    });
+    console.log(`$ node train.cjs   (as linux riscv64, after npm install --cpu=wasm32 engram; ${Date.now() - t0} ms)`);
+    console.log((r.stdout + r.stderr).replace(/^.*ExperimentalWarning: WASI.*\n(.*--trace-warnings.*\n)?/gm, '').trim());
+    check(
+      'with no native binary, the WebAssembly build trains, saves, loads and predicts',
+      r.status === 0 && /^backend engram-wasm32-wasi linux-riscv64-gnu cpu$/m.test(r.stdout) && /\nOK\b/.test(`\n${r.stdout}`),
+    );
+  }
+
   // Asking for CUDA without the CUDA build installed.
   const cuda = run(process.execPath, ['train.mjs'], { cwd: appEsm, env: { ...process.env, ENGRAM_DEVICE: 'cuda' } });
   check(

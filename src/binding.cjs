@@ -1,9 +1,10 @@
 'use strict';
 // Chooses engram's native binary and explains a missing one. napi-rs generates `native.cjs`, which finds the
 // CPU binary for this platform (a `.node` file beside it in a source checkout, else the optional dependency
-// `engram-<platform>`). Before it, this file looks for the opt-in CUDA build, and after a failure it replaces
-// the generic "Cannot find native binding" with the platform, the package that should have been there and what
-// to do. CommonJS, so both the ESM and the CJS builds of the facade load the one addon instance.
+// `engram-<platform>`, else the WebAssembly build `engram-wasm32-wasi` if that is installed). Before it, this
+// file looks for the opt-in CUDA build, and after a failure it replaces the generic "Cannot find native binding"
+// with the platform, the package that should have been there and what to do. CommonJS, so both the ESM and the
+// CJS builds of the facade load the one addon instance.
 
 /** Platforms with a prebuilt CPU binary, as `npm/<dir>` names them. */
 const PREBUILT = [
@@ -81,8 +82,17 @@ if (requested === '' || requested.startsWith('cuda')) {
 if (binding === null) {
   try {
     binding = require('./native.cjs');
-    const local = require('path').join(__dirname, `engram.${platform}.node`);
-    source = process.env.NAPI_RS_NATIVE_LIBRARY_PATH || (require('fs').existsSync(local) ? local : `engram-${platform}`);
+    const { existsSync } = require('fs');
+    const { join } = require('path');
+    if (String(binding.__napiBindingTarget).startsWith('wasm32')) {
+      // native.cjs fell back to the WebAssembly build: no native binary for this machine, or NAPI_RS_FORCE_WASI.
+      const local = join(__dirname, 'engram.wasi.cjs');
+      source = process.env.NAPI_RS_NATIVE_LIBRARY_PATH || (existsSync(local) ? local : 'engram-wasm32-wasi');
+      notes.push('the WebAssembly build: CPU only, about 3 times slower than a native binary');
+    } else {
+      const local = join(__dirname, `engram.${platform}.node`);
+      source = process.env.NAPI_RS_NATIVE_LIBRARY_PATH || (existsSync(local) ? local : `engram-${platform}`);
+    }
   } catch (err) {
     const pkg = `engram-${platform}`;
     const runtime = `Node ${process.versions.node}`;
@@ -91,9 +101,11 @@ if (binding === null) {
         `skips it with --omit=optional, --no-optional or a lockfile or node_modules made on another platform. ` +
         `On this machine, remove node_modules and package-lock.json and run \`npm install engram\` again ` +
         `(or \`npm install ${pkg}\`)`
-      : `engram has no prebuilt binary for it (prebuilt: ${PREBUILT.join(', ')}). Build one from source ` +
-        `(a Rust toolchain, then \`npm run build\` in a clone of the repository) and point NAPI_RS_NATIVE_LIBRARY_PATH ` +
-        `at the .node file`;
+      : `engram has no prebuilt binary for it (prebuilt: ${PREBUILT.join(', ')}). Use the WebAssembly build, ` +
+        `which runs anywhere on the CPU at about a third of native speed: \`npm install --cpu=wasm32 engram\` (or ` +
+        `cpu=wasm32 in the project's .npmrc, so later installs keep it); ` +
+        `or build a native one from source (a Rust toolchain, then \`npm run build\` in a clone of the repository) ` +
+        `and point NAPI_RS_NATIVE_LIBRARY_PATH at the .node file`;
     const e = new Error(`engram cannot load its native binary for ${platform} (${runtime}): ${what}.`);
     e.cause = err;
     throw e;

@@ -42,7 +42,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     // temporary file, so one's rename cannot carry away the other's half-written bytes.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp: PathBuf = dir.join(format!(".{}.{}.{n}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let tmp: PathBuf = dir.join(format!(".{}.{}.{n}.tmp", file_name.to_string_lossy(), process_tag()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
@@ -53,6 +53,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The process id; under WASI, where `std::process::id()` panics ("unsupported"), a stamp of the clock taken once
+/// per instance, which keeps two processes' temporary files apart just the same.
+fn process_tag() -> u64 {
+    #[cfg(not(target_os = "wasi"))]
+    {
+        u64::from(std::process::id())
+    }
+    #[cfg(target_os = "wasi")]
+    {
+        static TAG: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *TAG.get_or_init(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+        })
+    }
 }
 
 /// A model that checkpoints: a kind name, a spec it is rebuilt from, and a [`Trainer`] with its state.
