@@ -15,7 +15,9 @@ describe('backend', () => {
     delete process.env.ENGRAM_DEVICE;
     const b = backend();
     expect(b.platform).toMatch(/^(linux|darwin|win32)-(x64|arm64)/);
-    expect(b.binary).toMatch(new RegExp(`engram[.-]${b.platform}(\\.node)?$`));
+    // A native binary for this platform, or the WebAssembly build where that is what runs.
+    const wasm = b.notes.some((n) => n.includes('WebAssembly'));
+    expect(b.binary).toMatch(wasm ? /engram\.wasi\.cjs$|^engram-wasm32-wasi$/ : new RegExp(`engram[.-]${b.platform}(\\.node)?$`));
     // The macOS packages are built with metal; none of the binaries this suite loads has cuda.
     expect(b.gpu).toEqual(process.platform === 'darwin' ? ['metal'] : []);
     expect(b.device).toBe('cpu');
