@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 
 describe('reference docs and the engram command', () => {
   it('typedoc documents every public export, with warnings as errors (npm run docs)', () => {
-    const r = spawnSync('npx', ['typedoc', '--emit', 'none', '--treatWarningsAsErrors'], { encoding: 'utf8', timeout: 120_000 });
+    const r = spawnSync('npx', ['typedoc', '--emit', 'none', '--treatWarningsAsErrors'], { encoding: 'utf8', timeout: 120_000, shell: process.platform === 'win32' });
     const out = `${r.stdout}${r.stderr}`;
     expect(r.status, out).toBe(0);
     expect(out).not.toMatch(/does not have any documentation/);

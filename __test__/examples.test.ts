@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 function runExample(file: string, args: string[]) {
-  const r = spawnSync('npx', ['tsx', file, ...args], { encoding: 'utf8', env: process.env, timeout: 120_000 });
+  const r = spawnSync('npx', ['tsx', file, ...args], { encoding: 'utf8', env: process.env, timeout: 120_000, shell: process.platform === 'win32' });
   return { code: r.status, out: `${r.stdout}${r.stderr}`, stdout: r.stdout };
 }
 

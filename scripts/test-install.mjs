@@ -109,6 +109,26 @@ async function getJson(url) {
 
 let registryProcess = null;
 
+/** Stops verdaccio and waits until it has exited, so its files can be removed. */
+async function stopRegistry() {
+  const p = registryProcess;
+  registryProcess = null;
+  if (!p || p.exitCode !== null || p.signalCode !== null) return;
+  const exited = new Promise((res) => p.once('exit', res));
+  p.kill();
+  await Promise.race([exited, new Promise((res) => setTimeout(res, 5000))]);
+  if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+}
+
+// Interrupted (Ctrl-C, a CI timeout): stop the registry rather than leave it listening.
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    registryProcess?.kill('SIGKILL');
+    if (!keep) rmSync(work, { recursive: true, force: true });
+    process.exit(1);
+  });
+}
+
 async function main() {
   // --- 1. build ---------------------------------------------------------------------------------------------
   console.log(`test:install in ${work}`);
@@ -421,6 +441,24 @@ async function main() {
       muslMessage.includes(`engram-${PLATFORM}`) &&
       muslMessage.includes('npm install engram'),
   );
+  // The package is there but its binary does not load (here: a damaged file): say so, not "not installed".
+  const appBroken = join(work, 'app-broken');
+  mkdirSync(appBroken);
+  writeFileSync(join(appBroken, 'package.json'), JSON.stringify({ name: 'app', private: true }, null, 2));
+  must('npm install engram', 'npm', ['install', 'engram'], { cwd: appBroken, env: npmEnv });
+  writeFileSync(join(appBroken, 'node_modules', `engram-${PLATFORM}`, BINARY), Buffer.alloc(4096, 'x'));
+  const broken = run(process.execPath, ['-e', "require('engram')"], { cwd: appBroken });
+  const brokenMessage = /Error: (engram cannot load[^\n]*)/.exec(broken.stderr)?.[1] ?? broken.stderr;
+  console.log(`$ node -e "require('engram')"   (its binary damaged)\n${brokenMessage}`);
+  check(
+    'a binary that is installed but does not load is reported as such, with the reason',
+    broken.status !== 0 &&
+      brokenMessage.includes(`engram-${PLATFORM} is installed`) &&
+      brokenMessage.includes('did not load') &&
+      brokenMessage.includes('invalid ELF header') &&
+      !brokenMessage.includes('is not installed'),
+  );
+
   // A platform with no prebuilt binary at all (a riscv64 Linux, simulated by a preload that renames the arch).
   writeFileSync(join(appMusl, 'riscv.cjs'), "Object.defineProperty(process, 'arch', { value: 'riscv64' });\n");
   const riscv = run(process.execPath, ['-r', './riscv.cjs', '--input-type=module', '-e', "await import('engram')"], {
@@ -546,13 +584,24 @@ export { b, fitted, device };
 `;
 }
 
+// The staged release, the --libc=musl and riscv64 cases and the Node downloads are written for this host kind,
+// the one CI and the release workflow's test-install job run on.
+const hostIsLinuxX64Gnu =
+  process.platform === 'linux' && process.arch === 'x64' && Boolean(process.report?.getReport().header.glibcVersionRuntime);
+if (!hostIsLinuxX64Gnu) {
+  console.log(`test:install runs on linux x64 (glibc) hosts only; not run on ${process.platform}-${process.arch}`);
+  console.log('\ninstall: 0 passed, 0 failed');
+  rmSync(work, { recursive: true, force: true });
+  process.exit(0);
+}
+
 try {
   await main();
 } catch (e) {
   failed++;
   console.log(`FAIL ${e instanceof Error ? e.message : String(e)}`);
 } finally {
-  registryProcess?.kill();
+  await stopRegistry();
   if (!keep) rmSync(work, { recursive: true, force: true });
   else console.log(`kept ${work}`);
 }

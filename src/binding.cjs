@@ -19,20 +19,25 @@ const PREBUILT = [
 /** Platforms with a CUDA build, and its package. */
 const CUDA = { 'linux-x64-gnu': 'engram-cuda-linux-x64-gnu' };
 
+/** glibc or musl, tested in the order the generated loader tests it (so the two never disagree). */
 function libc() {
   if (process.platform !== 'linux') return null;
   try {
-    const report = process.report && process.report.getReport();
-    const header = report && (typeof report === 'string' ? JSON.parse(report).header : report.header);
-    if (header && header.glibcVersionRuntime) return 'gnu';
-  } catch {
-    // fall through to the file test
-  }
-  try {
     return require('fs').readFileSync('/usr/bin/ldd', 'utf8').includes('musl') ? 'musl' : 'gnu';
   } catch {
-    return 'musl';
+    // no ldd: ask Node's own report
   }
+  try {
+    if (process.report) process.report.excludeNetwork = true;
+    const report = process.report && process.report.getReport();
+    if (report && report.header && report.header.glibcVersionRuntime) return 'gnu';
+    if (report && Array.isArray(report.sharedObjects) && report.sharedObjects.some((f) => /ld-musl-|libc\.musl-/.test(f))) {
+      return 'musl';
+    }
+  } catch {
+    // fall through
+  }
+  return 'gnu';
 }
 
 /** This machine as npm's platform packages name it: `linux-x64-gnu`, `darwin-arm64`, `win32-x64-msvc`. */
@@ -41,6 +46,21 @@ function platformName() {
   if (platform === 'linux') return `${platform}-${arch}-${libc()}`;
   if (platform === 'win32') return `${platform}-${arch}-msvc`;
   return `${platform}-${arch}`;
+}
+
+function firstLine(err) {
+  return String((err && err.message) || err).split('\n')[0];
+}
+
+/**
+ * The real reason in the generated loader's chain of causes: one load attempt per candidate, most of them a
+ * "Cannot find module" for the candidates that are not there.
+ */
+function rootCause(err) {
+  const chain = [];
+  for (let e = err && err.cause; e; e = e.cause) chain.push(e);
+  const real = chain.find((e) => !/^Cannot find module /.test(firstLine(e))) || chain[chain.length - 1] || err;
+  return firstLine(real);
 }
 
 function isMissing(err, name) {
@@ -63,7 +83,8 @@ if (requested === '' || requested.startsWith('cuda')) {
       if (requested.startsWith('cuda') || !isMissing(err, cudaPackage)) {
         const why = isMissing(err, cudaPackage)
           ? `the CUDA build is not installed: run \`npm install ${cudaPackage}\` beside engram`
-          : `${cudaPackage} is installed but did not load (${err && err.message}); it needs an NVIDIA driver`;
+          : `${cudaPackage} is installed but did not load (${firstLine(err)}): it needs the NVIDIA driver, CUDA 11's ` +
+            `cuBLAS and cuRAND, and glibc 2.35 or newer`;
         if (requested.startsWith('cuda')) {
           const e = new Error(`engram: ENGRAM_DEVICE=${requested} but ${why}. Unset ENGRAM_DEVICE to use the CPU.`);
           e.cause = err;
@@ -96,7 +117,17 @@ if (binding === null) {
   } catch (err) {
     const pkg = `engram-${platform}`;
     const runtime = `Node ${process.versions.node}`;
-    const what = PREBUILT.includes(platform)
+    let installed = null;
+    try {
+      installed = require('path').dirname(require.resolve(`${pkg}/package.json`));
+    } catch {
+      // not installed
+    }
+    const what = installed
+      ? `${pkg} is installed (${installed}) but its binary did not load: ${rootCause(err)}. A damaged or ` +
+        `half-written install is fixed by reinstalling; otherwise the binary needs something this machine lacks ` +
+        `(the Linux builds need glibc 2.17 or newer, the Windows build the Visual C++ runtime)`
+      : PREBUILT.includes(platform)
       ? `its binary package ${pkg} is not installed. npm installs only the package for the platform it runs on, and ` +
         `skips it with --omit=optional, --no-optional or a lockfile or node_modules made on another platform. ` +
         `On this machine, remove node_modules and package-lock.json and run \`npm install engram\` again ` +
