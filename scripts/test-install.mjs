@@ -95,6 +95,19 @@ async function waitFor(url, ms) {
   }
 }
 
+const kb = (n) => `${(n / 1024).toFixed(1)} KiB`;
+const mb = (n) => `${(n / 1024 / 1024).toFixed(2)} MiB`;
+
+/** One line of the package-size report. */
+function sizeLine(name, info, unit) {
+  return `  ${name}@${version}: ${unit(info.size)} packed, ${unit(info.unpackedSize)} unpacked, ${info.files.length} files`;
+}
+
+/** engram's load error from a failed run's stderr: its one-line message, or all of stderr if it is not there. */
+function loadError(r) {
+  return /Error: (engram cannot load[^\n]*)/.exec(r.stderr)?.[1] ?? r.stderr;
+}
+
 /** GET as JSON; retried, since a kept-alive socket that the registry has meanwhile closed fails once. */
 async function getJson(url) {
   for (let attempt = 1; ; attempt++) {
@@ -223,6 +236,19 @@ async function main() {
     writeFileSync(file, `${JSON.stringify(pkg, null, 2)}\n`);
   }
 
+  /** What `npm pack` would put in the package in `dir`: size, unpackedSize, files. */
+  const packInfo = (dir) =>
+    JSON.parse(must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: dir, env: npmEnv }).stdout)[0];
+
+  /** A clean folder `app-<name>` with a package.json of the given module type, after `npm install <args>`. */
+  function newApp(name, type, args = ['engram']) {
+    const dir = join(work, `app-${name}`);
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'app', private: true, type }, null, 2));
+    const r = must(`npm install ${args.join(' ')}`, 'npm', ['install', ...args], { cwd: dir, env: npmEnv });
+    return { dir, output: r.stdout.trim() };
+  }
+
   // engram's runtime dependencies (and the WebAssembly package's, when it is built), copied from node_modules:
   // the registry has no uplink to fetch them.
   const wasmDir = join(root, 'npm', 'wasm32-wasi');
@@ -313,47 +339,28 @@ async function main() {
       (!wasmBuilt || staged.optionalDependencies?.['engram-wasm32-wasi'] === version),
     JSON.stringify(staged.optionalDependencies),
   );
-  const packed = JSON.parse(must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: stage, env: npmEnv }).stdout)[0];
+  const packed = packInfo(stage);
   const files = packed.files.map((f) => f.path);
   const stray = files.filter((f) => /\.node$|\.rs$|\.test\.|__test__|^src\/|Cargo|\.map$/.test(f));
   check('engram carries no binary, test, Rust or source', stray.length === 0, stray.join(', ') || `${files.length} files`);
   publishHere(stage);
-  const platformPacked = JSON.parse(
-    must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: join(stage, 'npm', PLATFORM), env: npmEnv }).stdout,
-  )[0];
+  const platformPacked = packInfo(join(stage, 'npm', PLATFORM));
   const published = await getJson(`${registry}engram`);
   const platformPublished = await getJson(`${registry}engram-${PLATFORM}`);
   check(
     'both packages are in the local registry',
     published.versions?.[version] !== undefined && platformPublished.versions?.[version] !== undefined,
   );
-  const kb = (n) => `${(n / 1024).toFixed(1)} KiB`;
-  const mb = (n) => `${(n / 1024 / 1024).toFixed(2)} MiB`;
   console.log('\npackage sizes (npm pack):');
-  console.log(`  engram@${version}: ${kb(packed.size)} packed, ${kb(packed.unpackedSize)} unpacked, ${files.length} files`);
-  console.log(
-    `  engram-${PLATFORM}@${version}: ${mb(platformPacked.size)} packed, ${mb(platformPacked.unpackedSize)} unpacked, ${platformPacked.files.length} files`,
-  );
-  if (wasmBuilt) {
-    const w = JSON.parse(
-      must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: join(stage, 'npm', 'wasm32-wasi'), env: npmEnv }).stdout,
-    )[0];
-    console.log(`  engram-wasm32-wasi@${version}: ${mb(w.size)} packed, ${mb(w.unpackedSize)} unpacked, ${w.files.length} files`);
-  }
+  console.log(sizeLine('engram', packed, kb));
+  console.log(sizeLine(`engram-${PLATFORM}`, platformPacked, mb));
+  if (wasmBuilt) console.log(sizeLine('engram-wasm32-wasi', packInfo(join(stage, 'npm', 'wasm32-wasi')), mb));
   console.log('');
 
   // --- 4. install into clean folders and train --------------------------------------------------------------------
-  const appEsm = join(work, 'app-esm');
-  const appCjs = join(work, 'app-cjs');
-  for (const [dir, type] of [
-    [appEsm, 'module'],
-    [appCjs, 'commonjs'],
-  ]) {
-    mkdirSync(dir);
-    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'app', private: true, type }, null, 2));
-    const r = must('npm install engram', 'npm', ['install', 'engram'], { cwd: dir, env: npmEnv });
-    console.log(`$ npm install engram   (${type})\n${r.stdout.trim()}`);
-  }
+  const apps = { esm: newApp('esm', 'module'), cjs: newApp('cjs', 'commonjs') };
+  for (const [type, { output }] of Object.entries(apps)) console.log(`$ npm install engram   (${type})\n${output}`);
+  const [appEsm, appCjs] = [apps.esm.dir, apps.cjs.dir];
   const installed = join(appEsm, 'node_modules');
   check(
     'the platform package brought the binary',
@@ -426,13 +433,10 @@ async function main() {
 
   // --- 5. failure paths -----------------------------------------------------------------------------------------
   // npm told the machine is musl skips the glibc package; engram must then say what is missing and what to do.
-  const appMusl = join(work, 'app-musl');
-  mkdirSync(appMusl);
-  writeFileSync(join(appMusl, 'package.json'), JSON.stringify({ name: 'app', private: true }, null, 2));
-  must('npm install --libc=musl', 'npm', ['install', 'engram', '--libc=musl'], { cwd: appMusl, env: npmEnv });
+  const appMusl = newApp('musl', 'commonjs', ['engram', '--libc=musl']).dir;
   check('--libc=musl left the glibc binary out', !existsSync(join(appMusl, 'node_modules', `engram-${PLATFORM}`)));
   const musl = run(process.execPath, ['-e', "require('engram')"], { cwd: appMusl });
-  const muslMessage = /Error: (engram cannot load[^\n]*)/.exec(musl.stderr)?.[1] ?? musl.stderr;
+  const muslMessage = loadError(musl);
   console.log(`$ node -e "require('engram')"   (installed with --libc=musl)\n${muslMessage}`);
   check(
     'without its binary, the error names the platform, the package and what to do',
@@ -442,13 +446,10 @@ async function main() {
       muslMessage.includes('npm install engram'),
   );
   // The package is there but its binary does not load (here: a damaged file): say so, not "not installed".
-  const appBroken = join(work, 'app-broken');
-  mkdirSync(appBroken);
-  writeFileSync(join(appBroken, 'package.json'), JSON.stringify({ name: 'app', private: true }, null, 2));
-  must('npm install engram', 'npm', ['install', 'engram'], { cwd: appBroken, env: npmEnv });
+  const appBroken = newApp('broken', 'commonjs').dir;
   writeFileSync(join(appBroken, 'node_modules', `engram-${PLATFORM}`, BINARY), Buffer.alloc(4096, 'x'));
   const broken = run(process.execPath, ['-e', "require('engram')"], { cwd: appBroken });
-  const brokenMessage = /Error: (engram cannot load[^\n]*)/.exec(broken.stderr)?.[1] ?? broken.stderr;
+  const brokenMessage = loadError(broken);
   console.log(`$ node -e "require('engram')"   (its binary damaged)\n${brokenMessage}`);
   check(
     'a binary that is installed but does not load is reported as such, with the reason',
@@ -464,7 +465,7 @@ async function main() {
   const riscv = run(process.execPath, ['-r', './riscv.cjs', '--input-type=module', '-e', "await import('engram')"], {
     cwd: appMusl,
   });
-  const riscvMessage = /Error: (engram cannot load[^\n]*)/.exec(riscv.stderr)?.[1] ?? riscv.stderr;
+  const riscvMessage = loadError(riscv);
   console.log(`$ node -e "await import('engram')"   (as linux riscv64)\n${riscvMessage}`);
   check(
     'on a platform with no prebuilt binary, the error names it and says how to build one',
@@ -507,15 +508,8 @@ async function main() {
   cpSync(cudaDir, cudaStage, { recursive: true });
   pointAtRegistry(cudaStage);
   publishHere(cudaStage);
-  const cudaPacked = JSON.parse(must('npm pack', 'npm', ['pack', '--dry-run', '--json'], { cwd: cudaStage, env: npmEnv }).stdout)[0];
-  console.log(`  engram-cuda-linux-x64-gnu@${version}: ${mb(cudaPacked.size)} packed, ${mb(cudaPacked.unpackedSize)} unpacked`);
-  const appCuda = join(work, 'app-cuda');
-  mkdirSync(appCuda);
-  writeFileSync(join(appCuda, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }, null, 2));
-  must('npm install engram engram-cuda-linux-x64-gnu', 'npm', ['install', 'engram', 'engram-cuda-linux-x64-gnu'], {
-    cwd: appCuda,
-    env: npmEnv,
-  });
+  console.log(sizeLine('engram-cuda-linux-x64-gnu', packInfo(cudaStage), mb));
+  const appCuda = newApp('cuda', 'module', ['engram', 'engram-cuda-linux-x64-gnu']).dir;
   writeFileSync(join(appCuda, 'train.mjs'), trainScript('esm'));
   const r = run(process.execPath, ['train.mjs'], { cwd: appCuda, env: { ...process.env, RAYON_NUM_THREADS: '2' } });
   console.log(`$ node train.mjs   (engram + engram-cuda-linux-x64-gnu)\n${(r.stdout + r.stderr).trim()}`);

@@ -69,23 +69,24 @@ function isMissing(err, name) {
 
 const platform = platformName();
 const requested = (process.env.ENGRAM_DEVICE || '').trim().toLowerCase();
+const wantsCuda = requested.startsWith('cuda');
 const cudaPackage = CUDA[platform];
 const notes = [];
 let binding = null;
 let source = null;
 
-if (requested === '' || requested.startsWith('cuda')) {
+if (requested === '' || wantsCuda) {
   if (cudaPackage) {
     try {
       binding = require(cudaPackage);
       source = cudaPackage;
     } catch (err) {
-      if (requested.startsWith('cuda') || !isMissing(err, cudaPackage)) {
+      if (wantsCuda || !isMissing(err, cudaPackage)) {
         const why = isMissing(err, cudaPackage)
           ? `the CUDA build is not installed: run \`npm install ${cudaPackage}\` beside engram`
           : `${cudaPackage} is installed but did not load (${firstLine(err)}): it needs the NVIDIA driver, CUDA 11's ` +
             `cuBLAS and cuRAND, and glibc 2.35 or newer`;
-        if (requested.startsWith('cuda')) {
+        if (wantsCuda) {
           const e = new Error(`engram: ENGRAM_DEVICE=${requested} but ${why}. Unset ENGRAM_DEVICE to use the CPU.`);
           e.cause = err;
           throw e;
@@ -93,7 +94,7 @@ if (requested === '' || requested.startsWith('cuda')) {
         notes.push(`${why}; using the CPU build`);
       }
     }
-  } else if (requested.startsWith('cuda')) {
+  } else if (wantsCuda) {
     throw new Error(
       `engram: ENGRAM_DEVICE=${requested}, but there is no CUDA build for ${platform} (CUDA builds: ${Object.keys(CUDA).join(', ')}). Unset ENGRAM_DEVICE to use the CPU.`,
     );

@@ -3,7 +3,7 @@
 //! GPU 0 when one answers and the CPU otherwise; every other binary uses the CPU. The variable is read at each model's
 //! creation, so one process can hold models on both.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use engram_core::Device;
 use napi::bindgen_prelude::Result;
@@ -24,18 +24,14 @@ const GPU_KINDS: &[&str] = &[
 static OPENED: Mutex<Vec<(String, Device)>> = Mutex::new(Vec::new());
 
 fn parse(setting: &str) -> Result<(&str, usize)> {
+    let bad = || type_error(format!("ENGRAM_DEVICE: expected cpu, cuda, cuda:N, metal or metal:N, got {setting:?}"));
     let (kind, ordinal) = match setting.split_once(':') {
-        Some((k, n)) => {
-            let n = n.parse::<usize>().map_err(|_| {
-                type_error(format!("ENGRAM_DEVICE: expected cpu, cuda, cuda:N, metal or metal:N, got {setting:?}"))
-            })?;
-            (k, n)
-        }
+        Some((k, n)) => (k, n.parse::<usize>().map_err(|_| bad())?),
         None => (setting, 0),
     };
     match kind {
         "cpu" | "cuda" | "metal" => Ok((kind, ordinal)),
-        _ => Err(type_error(format!("ENGRAM_DEVICE: expected cpu, cuda, cuda:N, metal or metal:N, got {setting:?}"))),
+        _ => Err(bad()),
     }
 }
 
@@ -87,14 +83,22 @@ pub fn current() -> Result<(Device, String)> {
             ("cpu", _) => Ok((Device::Cpu, "cpu".into())),
             (kind, n) => Ok((open(kind, n)?, format!("{kind}:{n}"))),
         },
-        // Only a CUDA binary moves models to the GPU unasked: it is a separate package the user installed for
-        // that. Metal is built into the ordinary macOS packages, so there it takes ENGRAM_DEVICE=metal.
-        _ => Ok(GPU_KINDS
-            .iter()
-            .find(|kind| **kind == "cuda")
-            .and_then(|kind| open(kind, 0).ok().map(|d| (d, format!("{kind}:0"))))
-            .unwrap_or((Device::Cpu, "cpu".into()))),
+        _ => Ok(UNSET.get_or_init(unset_default).clone()),
     }
+}
+
+/// The device with `ENGRAM_DEVICE` unset, settled the first time it is asked for: a CUDA build without a GPU
+/// would otherwise try to open one again at every model.
+static UNSET: OnceLock<(Device, String)> = OnceLock::new();
+
+/// Only a CUDA binary moves models to the GPU unasked: it is a separate package the user installed for that.
+/// Metal is built into the ordinary macOS packages, so there it takes `ENGRAM_DEVICE=metal`.
+fn unset_default() -> (Device, String) {
+    GPU_KINDS
+        .iter()
+        .find(|kind| **kind == "cuda")
+        .and_then(|kind| open(kind, 0).ok().map(|d| (d, format!("{kind}:0"))))
+        .unwrap_or((Device::Cpu, "cpu".into()))
 }
 
 /// What this binary can run on and where new models go.
