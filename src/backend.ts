@@ -12,6 +12,12 @@ export const NativeModel = binding.Model;
 export type NativeModel = NativeModelHandle;
 /** @internal */
 export const loadModel = binding.loadModel;
+/** @internal */
+export const CancelToken = binding.CancelToken;
+/** @internal */
+export type CancelToken = InstanceType<typeof binding.CancelToken>;
+/** @internal */
+export const nativeMemory = { set: binding.setMemoryBudget, get: binding.memoryBudget };
 export type { JsState } from './native.cjs';
 
 /** What {@link backend} reports. */

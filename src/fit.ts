@@ -5,6 +5,7 @@ import type { Model } from './model.js';
 import { Progress, type Verbosity } from './progress.js';
 import { permutation, seededRandom } from './batching.js';
 import { checkTensor, describe, sliceRows, type Tensor } from './tensor.js';
+import { AbortError, checkSignal } from './errors.js';
 import { inputList, rowCount, sliceInputs, takeInputs, type Inputs } from './inputs.js';
 
 /** One batch from a {@link Dataset}: inputs and targets, as a pair or an object. */
@@ -58,6 +59,12 @@ export interface FitOptions {
   callbacks?: Callback | Callback[];
   /** 0: silent, 1: a progress bar on a terminal and one line per epoch elsewhere (default), 2: one line per epoch. */
   verbose?: Verbosity;
+  /**
+   * Stops training: the step running when it aborts is cancelled (its update never applies), `onTrainEnd` is
+   * called, and `fit` resolves with the {@link History} of the epochs that finished (`history.aborted` is
+   * true). The model keeps the weights of its last finished step.
+   */
+  signal?: AbortSignal;
 }
 
 const KNOWN = new Set([
@@ -71,6 +78,7 @@ const KNOWN = new Set([
   'stepsPerEpoch',
   'callbacks',
   'verbose',
+  'signal',
 ]);
 
 function int(what: string, v: unknown, dflt: number, min: number): number {
@@ -204,6 +212,7 @@ export async function fit(model: Model, data: Inputs | Dataset, y: Tensor | unde
   const seed = int('seed', options.seed, 0, 0);
   const steps = options.stepsPerEpoch === undefined ? undefined : int('stepsPerEpoch', options.stepsPerEpoch, 1, 1);
   const verbose = options.verbose ?? 1;
+  const signal = checkSignal('fit', options.signal);
   if (verbose !== 0 && verbose !== 1 && verbose !== 2) throw new RangeError(`fit: verbose must be 0, 1 or 2, got ${String(verbose)}`);
   const split = options.validationSplit ?? 0;
   if (typeof split !== 'number' || !(split >= 0 && split < 1)) {
@@ -256,9 +265,11 @@ export async function fit(model: Model, data: Inputs | Dataset, y: Tensor | unde
   };
   model.stopTraining = false;
   let last: Logs = {};
+  /** Whether `err` is the cancellation the signal asked for (anything else propagates). */
+  const aborted = (err: unknown) => err instanceof AbortError && signal?.aborted === true;
   try {
     await call('onTrainBegin', {}, model);
-    for (let epoch = initialEpoch; epoch < epochs && !model.stopTraining; epoch++) {
+    for (let epoch = initialEpoch; epoch < epochs && !model.stopTraining && !signal?.aborted; epoch++) {
       await call('onEpochBegin', epoch, {}, model);
       progress.epochBegin(epoch, epochs, source.total);
       const meter = new Meter(metrics, summed);
@@ -268,7 +279,14 @@ export async function fit(model: Model, data: Inputs | Dataset, y: Tensor | unde
         const size = rowCount(inputList(model.kind, 'x', bx));
         await call('onBatchBegin', batch, { size }, model);
         lr = model.learningRate ?? NaN;
-        const r = await model.trainStep(bx, by);
+        if (signal?.aborted) break;
+        let r;
+        try {
+          r = await model.trainStep(bx, by, { signal });
+        } catch (e) {
+          if (aborted(e)) break;
+          throw e;
+        }
         meter.add(r, size);
         const one = new Meter(metrics, summed);
         one.add(r, size);
@@ -277,14 +295,23 @@ export async function fit(model: Model, data: Inputs | Dataset, y: Tensor | unde
         batch++;
         if (model.stopTraining) break;
       }
+      if (signal?.aborted) break;
       const logs: Logs = meter.logs();
-      if (val !== undefined) Object.assign(logs, (await model.evaluateMeter(val, batchSize, 'fit: validationData')).logs('val_'));
+      if (val !== undefined) {
+        try {
+          Object.assign(logs, (await model.evaluateMeter(val, batchSize, 'fit: validationData', undefined, signal)).logs('val_'));
+        } catch (e) {
+          if (aborted(e)) break;
+          throw e;
+        }
+      }
       logs.lr = lr;
       history.push(epoch, logs);
       last = logs;
       progress.epochEnd(logs, batch, meter.rows);
       await call('onEpochEnd', epoch, logs, model);
     }
+    if (signal?.aborted) history.aborted = true;
     await call('onTrainEnd', last, model);
   } finally {
     progress.close();

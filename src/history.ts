@@ -22,6 +22,8 @@ export class History implements HistoryData {
   readonly epoch: number[] = [];
   /** Per key, one value per epoch in {@link History.epoch}. */
   readonly history: Record<string, number[]> = {};
+  /** True when `fit` stopped because its `signal` aborted; the epochs listed are those that finished. */
+  aborted = false;
 
   /** Appends one epoch's numbers; a key first seen now is padded with NaN for earlier epochs. @internal */
   push(epoch: number, logs: Record<string, number>): void {

@@ -30,7 +30,10 @@ export type {
 } from './layers.js';
 export { optimizers } from './optimizers.js';
 export type { AdamOptions, AdamSpec, ClipOptions, OptimizerSpec, SgdOptions, SgdSpec } from './optimizers.js';
-export { Model, load, memoryNetwork, sequential } from './model.js';
+export { Model, load, memoryNetwork, memoryNetworkAsync, sequential, sequentialAsync } from './model.js';
+export { AbortError } from './errors.js';
+export { memoryBudget, setMemoryBudget } from './memory.js';
+export type { ByteSize, MemoryBudget } from './memory.js';
 export type { Inputs, MemoryInputs, SequenceInputs } from './inputs.js';
 export type {
   CompileOptions,
@@ -39,6 +42,7 @@ export type {
   ImportTorchOptions,
   GenerateOptions,
   InitialStates,
+  LoadOptions,
   LstmInitialState,
   LossSpec,
   RecurrentInitialState,
@@ -47,6 +51,7 @@ export type {
   MseLoss,
   PredictOptions,
   SequentialOptions,
+  SignalOptions,
   StepOptions,
   StepResult,
 } from './model.js';

@@ -1,5 +1,6 @@
-import { NativeModel, loadModel, type JsState } from './backend.js';
-import { native, nativeAsync } from './errors.js';
+import { CancelToken, NativeModel, loadModel, type JsState } from './backend.js';
+import { AbortError, abortError, checkSignal, native, nativeAsync } from './errors.js';
+import { applyBudget, formatBytes, parseBytes, type ByteSize } from './memory.js';
 import type { LayerSpec } from './layers.js';
 import type { OptimizerSpec } from './optimizers.js';
 import { checkTensor, describe, sliceRows, type Tensor, type TensorData } from './tensor.js';
@@ -60,6 +61,21 @@ export interface SequentialOptions {
   seed?: number;
   /** `float32` (default) or `float64`. */
   dtype?: 'float32' | 'float64';
+  /**
+   * This model's memory budget (bytes, or a size such as `'8GiB'`), in place of the process's (see
+   * {@link setMemoryBudget}): its parameters, optimizer state and each call's working memory must fit.
+   */
+  maxMemory?: ByteSize;
+}
+
+/** Options of calls that can be cancelled. */
+export interface SignalOptions {
+  /**
+   * Aborts the call: it rejects with an {@link AbortError} within about a layer or a time step (a token for
+   * `generate`, a batch for `fit`), and the model is left as it was before the call (for `fit`, after its last
+   * finished step).
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -80,7 +96,7 @@ export type LstmInitialState = RecurrentInitialState;
 export type InitialStates = Record<string, RecurrentInitialState>;
 
 /** Options of {@link Model.trainStep}. */
-export interface StepOptions {
+export interface StepOptions extends SignalOptions {
   /** Initial `h` (and an LSTM's `c`) per recurrent layer, `[numLayers * D, batch, hiddenSize]`; zeros otherwise. */
   initialState?: InitialStates;
 }
@@ -104,7 +120,7 @@ export interface StepResult {
 }
 
 /** Options of {@link Model.generate}. */
-export interface GenerateOptions {
+export interface GenerateOptions extends SignalOptions {
   /** How many tokens to sample. */
   maxTokens: number;
   /** Divides the logits before sampling (default 1); 0 always takes the most likely token. */
@@ -158,6 +174,8 @@ export class Model {
   #kind: string;
   #queue: Promise<unknown> = Promise.resolve();
   #disposed = false;
+  /** The cancel tokens of the calls running now (one at most; dispose cancels it). */
+  #inflight = new Set<CancelToken>();
   /** Set to true (e.g. from a callback) to stop `fit` after the current batch. */
   stopTraining = false;
 
@@ -182,12 +200,45 @@ export class Model {
     return this.#native;
   }
 
-  /** Runs `f` after every call made before it has finished. */
-  #enqueue<T>(op: string, f: (m: NativeModel) => Promise<T>): Promise<T> {
-    const run = async () => nativeAsync(() => f(this.#check(op)));
+  /**
+   * Runs `f` after every call made before it has finished, under a cancel token that `signal` and
+   * {@link Model.dispose} set. A call whose signal aborts while it waits rejects at once and never runs.
+   */
+  #enqueue<T>(op: string, f: (m: NativeModel, cancel: CancelToken) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    if (signal?.aborted) return Promise.reject(abortError(op, signal));
+    const token = new CancelToken();
+    let started = false;
+    let onAbort: (() => void) | undefined;
+    const waiting =
+      signal === undefined
+        ? undefined
+        : new Promise<never>((_, reject) => {
+            onAbort = () => {
+              token.cancel();
+              if (!started) reject(abortError(op, signal));
+            };
+            signal.addEventListener('abort', onAbort, { once: true });
+          });
+    const run = async () => {
+      if (token.cancelled) throw abortError(op, signal!);
+      started = true;
+      this.#inflight.add(token);
+      try {
+        return await nativeAsync(() => f(this.#check(op), token), op);
+      } catch (e) {
+        if (e instanceof AbortError) {
+          if (signal?.aborted) throw abortError(op, signal);
+          if (this.#disposed) throw new AbortError(`${op}: aborted because the model was disposed`);
+        }
+        throw e;
+      } finally {
+        this.#inflight.delete(token);
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
+      }
+    };
     const p = this.#queue.then(run, run);
     this.#queue = p.catch(() => undefined);
-    return p;
+    return waiting === undefined ? p : Promise.race([p, waiting]);
   }
 
   /** Sets the optimizer and loss; resets the optimizer state. */
@@ -232,20 +283,22 @@ export class Model {
     const xs = inputList(this.#kind, 'x', x).map(toNative);
     const ys = toNative(checkTensor('y', y));
     const states = statesToNative(options.initialState);
-    return this.#enqueue('trainStep', (m) => m.trainStep(xs, ys, states));
+    const signal = checkSignal('trainStep', options.signal);
+    return this.#enqueue('trainStep', (m, c) => m.trainStep(xs, ys, states, c), signal);
   }
 
   /** The model's output (inference mode: no dropout), computed in batches off the event loop. */
   async predict(x: Inputs, options: PredictOptions = {}): Promise<Tensor> {
     const list = inputList(this.#kind, 'x', x);
     const batchSize = positiveInt('predict: batchSize', options.batchSize, 128);
+    const signal = checkSignal('predict', options.signal);
     const n = rowCount(list);
     if (n === 0) throw new RangeError('predict: x has no rows');
     const outs: Tensor[] = [];
     for (const [s, e] of batchRanges(n, batchSize)) {
       const xs = list.map((t) => toNative(sliceRows(t, s, e)));
       const states = statesToNative(sliceStates(options.initialState, s, e));
-      outs.push(await this.#enqueue('predict', (m) => m.predict(xs, states)));
+      outs.push(await this.#enqueue('predict', (m, c) => m.predict(xs, states, c), signal));
     }
     return concatRows(outs);
   }
@@ -257,7 +310,7 @@ export class Model {
   async attention(x: MemoryInputs): Promise<Tensor> {
     const xs = inputList(this.#kind, 'x', x).map(toNative);
     if (this.#kind !== 'memoryNetwork') throw new TypeError('attention: only a memory network has memory attention');
-    return this.#enqueue('attention', (m) => m.attention(xs));
+    return this.#enqueue('attention', (m, c) => m.attention(xs, c));
   }
 
   /**
@@ -268,7 +321,7 @@ export class Model {
   async attentionWeights(x: Inputs): Promise<Record<string, Tensor>> {
     const xs = inputList(this.#kind, 'x', x).map(toNative);
     if (this.#kind !== 'sequential') throw new TypeError('attentionWeights: use attention() for a memory network');
-    const list = await this.#enqueue('attentionWeights', (m) => m.attentionWeights(xs));
+    const list = await this.#enqueue('attentionWeights', (m, c) => m.attentionWeights(xs, c));
     const out: Record<string, Tensor> = {};
     for (const w of list) out[w.name] = w.tensor as Tensor;
     return out;
@@ -285,7 +338,8 @@ export class Model {
     if (typeof options !== 'object' || options === null) {
       throw new TypeError(`generate: options must be { maxTokens, temperature?, topK?, seed? }, got ${describe(options)}`);
     }
-    const { maxTokens, temperature, topK, seed, ...rest } = options;
+    const { maxTokens, temperature, topK, seed, signal, ...rest } = options;
+    checkSignal('generate', signal);
     const extra = Object.keys(rest);
     if (extra.length > 0) throw new TypeError(`generate: unknown option ${extra.join(', ')}`);
     if (!Number.isSafeInteger(maxTokens) || maxTokens < 0) {
@@ -314,7 +368,7 @@ export class Model {
       topK,
       seed: seed ?? Math.floor(Math.random() * 2 ** 32),
     });
-    return this.#enqueue('generate', (m) => m.generate(ids, json));
+    return this.#enqueue('generate', (m, c) => m.generate(ids, json, c), signal);
   }
 
   /**
@@ -336,7 +390,8 @@ export class Model {
   /** Turns linear start on or off from the next call on. */
   set linearStart(on: boolean) {
     const m = this.#check('linearStart');
-    native(() => m.setLinearStart(on));
+    if (typeof on !== 'boolean') throw new TypeError(`linearStart must be true or false, got ${describe(on)}`);
+    native(() => m.setLinearStart(on), 'linearStart');
   }
 
   /**
@@ -347,19 +402,26 @@ export class Model {
   async evaluate(data: Dataset): Promise<EvaluateResult>;
   async evaluate(x: Inputs | Dataset, y?: Tensor, options: PredictOptions = {}): Promise<EvaluateResult> {
     const batchSize = positiveInt('evaluate: batchSize', options.batchSize, 128);
+    const signal = checkSignal('evaluate', options.signal);
     const data = y === undefined ? (x as Dataset) : ([x, y] as [Inputs, Tensor]);
-    return (await this.evaluateMeter(data, batchSize, 'evaluate', options.initialState)).logs() as unknown as EvaluateResult;
+    return (await this.evaluateMeter(data, batchSize, 'evaluate', options.initialState, signal)).logs() as unknown as EvaluateResult;
   }
 
   /** Evaluates tensors in batches, or a dataset batch by batch, into a {@link Meter}. @internal */
-  async evaluateMeter(data: [Inputs, Tensor] | Dataset, batchSize: number, what: string, initialState?: InitialStates): Promise<Meter> {
+  async evaluateMeter(
+    data: [Inputs, Tensor] | Dataset,
+    batchSize: number,
+    what: string,
+    initialState?: InitialStates,
+    signal?: AbortSignal,
+  ): Promise<Meter> {
     const { metrics, summed } = this.lossInfo(what);
     const meter = new Meter(metrics, summed);
     const step = async (x: Inputs, y: Tensor, s: number, e: number) => {
       const xs = inputList(this.#kind, 'x', x).map((t) => toNative(sliceRows(t, s, e)));
       const ys = toNative(sliceRows(y, s, e));
       const states = statesToNative(sliceStates(initialState, s, e));
-      meter.add(await this.#enqueue('evaluate', (m) => m.evaluate(xs, ys, states)), e - s);
+      meter.add(await this.#enqueue('evaluate', (m, c) => m.evaluate(xs, ys, states, c), signal), e - s);
     };
     if (isDataset(data)) {
       const stream = new BatchStream(data, `${what}: data`);
@@ -410,6 +472,12 @@ export class Model {
    */
   setWeights(weights: Record<string, Tensor>, options: { strict?: boolean } = {}): void {
     const m = this.#check('setWeights');
+    if (typeof options !== 'object' || options === null) {
+      throw new TypeError(`setWeights: options must be an object, got ${describe(options)}`);
+    }
+    if (options.strict !== undefined && typeof options.strict !== 'boolean') {
+      throw new TypeError(`setWeights: strict must be true or false, got ${describe(options.strict)}`);
+    }
     if (typeof weights !== 'object' || weights === null) {
       throw new TypeError(`setWeights: weights must be a record of tensors, got ${describe(weights)}`);
     }
@@ -421,15 +489,28 @@ export class Model {
    * Loads a safetensors state dict (for instance a PyTorch `state_dict` saved with
    * `safetensors.torch.save_file`) into this model; `prefix` is stripped from the stored names first.
    */
-  async loadWeights(path: string, options: { prefix?: string } = {}): Promise<void> {
+  async loadWeights(path: string, options: { prefix?: string } & SignalOptions = {}): Promise<void> {
     if (typeof path !== 'string') throw new TypeError(`loadWeights: path must be a string, got ${describe(path)}`);
-    return this.#enqueue('loadWeights', (m) => m.loadWeights(path, options.prefix ?? ''));
+    const prefix = options.prefix ?? '';
+    if (typeof prefix !== 'string') throw new TypeError(`loadWeights: prefix must be a string, got ${describe(prefix)}`);
+    const signal = checkSignal('loadWeights', options.signal);
+    return this.#enqueue('loadWeights', (m, c) => m.loadWeights(path, prefix, c), signal);
   }
 
-  /** Writes weights, spec, compile options and optimizer state to a safetensors file, atomically. */
-  async save(path: string): Promise<void> {
+  /**
+   * Writes weights, spec, compile options and optimizer state to a safetensors file, atomically: a failed or
+   * aborted save leaves the file as it was. File errors carry Node's `code` (`ENOENT`, `EISDIR`, `EACCES` ...)
+   * and the `path`.
+   */
+  async save(path: string, options: SignalOptions = {}): Promise<void> {
     if (typeof path !== 'string') throw new TypeError(`save: path must be a string, got ${describe(path)}`);
-    return this.#enqueue('save', (m) => m.save(path));
+    const signal = checkSignal('save', options.signal);
+    return this.#enqueue('save', (m, c) => m.save(path, c), signal);
+  }
+
+  /** Bytes the model holds now: parameters, lasting tables (a sinusoidal encoding's) and optimizer state. */
+  get memoryBytes(): number {
+    return native(() => this.#check('memoryBytes').memoryBytes());
   }
 
   /** Prints and returns a table of the layers, their output shapes and parameter counts. */
@@ -464,7 +545,8 @@ export class Model {
   /** Sets the learning rate of the compiled optimizer from the next step on. */
   set learningRate(lr: number) {
     const m = this.#check('learningRate');
-    native(() => m.setLearningRate(lr));
+    if (typeof lr !== 'number') throw new TypeError(`learningRate must be a number, got ${describe(lr)}`);
+    native(() => m.setLearningRate(lr), 'learningRate');
   }
 
   /** Optimizer steps taken since compile. */
@@ -478,12 +560,13 @@ export class Model {
   }
 
   /**
-   * Frees the native weights once queued calls finish. Calls made after it fail with a clear error; calling
-   * it twice is harmless.
+   * Frees the native weights. The call running now is cancelled (it rejects with an {@link AbortError}); calls
+   * queued behind it, and calls made after, fail with a clear error. Calling it twice is harmless.
    */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    for (const t of this.#inflight) t.cancel();
     const handle = this.#native;
     this.#queue = this.#queue.then(() => handle.dispose()).catch(() => undefined);
   }
@@ -538,21 +621,82 @@ function concatRows(parts: Tensor[]): Tensor {
  * ```
  */
 export function sequential(layerSpecs: LayerSpec[], options: SequentialOptions = {}): Model {
+  const [json, maxMemory] = sequentialSpec('sequential', layerSpecs, options);
+  return buildNow('sequential', 'sequential', json, maxMemory);
+}
+
+/**
+ * {@link sequential}, with the weights initialised off the event loop: for models of any size (the
+ * synchronous {@link sequential} refuses those over 64 MiB of parameters, whose initialisation would hold the
+ * event loop for more than a few tens of milliseconds). The spec is checked, and its memory against the budget,
+ * before the promise is made.
+ */
+export async function sequentialAsync(layerSpecs: LayerSpec[], options: SequentialOptions & SignalOptions = {}): Promise<Model> {
+  const { signal, ...rest } = options;
+  const [json, maxMemory] = sequentialSpec('sequentialAsync', layerSpecs, rest);
+  return buildLater('sequentialAsync', 'sequential', json, maxMemory, checkSignal('sequentialAsync', signal));
+}
+
+function sequentialSpec(op: string, layerSpecs: LayerSpec[], options: SequentialOptions): [string, number | undefined] {
   if (!Array.isArray(layerSpecs)) {
-    throw new TypeError(`sequential: layers must be an array of layer specs, got ${describe(layerSpecs)}`);
+    throw new TypeError(`${op}: layers must be an array of layer specs, got ${describe(layerSpecs)}`);
   }
-  const { seed, dtype, ...rest } = options;
+  if (typeof options !== 'object' || options === null) throw new TypeError(`${op}: options must be an object, got ${describe(options)}`);
+  const { seed, dtype, maxMemory, ...rest } = options;
   const extra = Object.keys(rest);
-  if (extra.length > 0) throw new TypeError(`sequential: unknown option ${extra.join(', ')}`);
+  if (extra.length > 0) throw new TypeError(`${op}: unknown option ${extra.join(', ')}`);
   if (seed !== undefined && (!Number.isSafeInteger(seed) || seed < 0)) {
-    throw new RangeError(`sequential: seed must be a non-negative safe integer, got ${String(seed)}`);
+    throw new RangeError(`${op}: seed must be a non-negative safe integer, got ${String(seed)}`);
   }
   const spec = {
     layers: layerSpecs,
     seed: seed ?? Math.floor(Math.random() * 2 ** 32),
     dtype: dtype ?? 'float32',
   };
-  return new Model(native(() => NativeModel.create(JSON.stringify(spec))));
+  return [JSON.stringify(spec), maxMemory === undefined ? undefined : parseBytes(`${op}: maxMemory`, maxMemory)];
+}
+
+/** Parameters (bytes) a synchronous factory initialises on the event loop: about 20-40 ms of work. */
+const SYNC_BUILD_BYTES = 64 * 2 ** 20;
+
+/** Checks the spec and its memory, then builds the model here, if it is small enough. */
+function buildNow(op: string, kind: string, json: string, maxMemory: number | undefined): Model {
+  applyBudget();
+  const plan = native(() => NativeModel.plan(kind, json, maxMemory), op);
+  if (plan.residentBytes > SYNC_BUILD_BYTES) {
+    throw new RangeError(
+      `${op}: the model has ${plan.paramCount} parameters (${formatBytes(plan.residentBytes)}); initialising them would ` +
+        `hold the event loop, so build it with await ${op}Async(...) instead`,
+    );
+  }
+  const handle =
+    kind === 'sequential'
+      ? native(() => NativeModel.create(json, maxMemory), op)
+      : native(() => NativeModel.createMemoryNetwork(json, maxMemory), op);
+  return new Model(handle);
+}
+
+/** Checks the spec and its memory now, then builds the model off the event loop. */
+async function buildLater(op: string, kind: string, json: string, maxMemory: number | undefined, signal?: AbortSignal): Promise<Model> {
+  applyBudget();
+  native(() => NativeModel.plan(kind, json, maxMemory), op);
+  return new Model(await runCancellable(op, signal, (c) => NativeModel.build(kind, json, maxMemory, c)));
+}
+
+/** A native call that is not a model's (build, load) under a cancel token set by `signal`. */
+async function runCancellable<T>(op: string, signal: AbortSignal | undefined, f: (c: CancelToken) => Promise<T>): Promise<T> {
+  if (signal?.aborted) throw abortError(op, signal);
+  const token = new CancelToken();
+  const onAbort = () => token.cancel();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    return await nativeAsync(() => f(token), op);
+  } catch (e) {
+    if (e instanceof AbortError && signal?.aborted) throw abortError(op, signal);
+    throw e;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
 }
 
 /** Options of {@link importTorch}. */
@@ -576,10 +720,27 @@ export async function importTorch(model: Model, file: string, options: ImportTor
   await model.loadWeights(file, options);
 }
 
-/** Loads a model saved with {@link Model.save}: weights, spec, and (if it was compiled) optimizer state. */
-export async function load(path: string): Promise<Model> {
+/** Options of {@link load}. */
+export interface LoadOptions extends SignalOptions {
+  /** The loaded model's memory budget, as {@link SequentialOptions.maxMemory}. */
+  maxMemory?: ByteSize;
+}
+
+/**
+ * Loads a model saved with {@link Model.save}: weights, spec, and (if it was compiled) optimizer state. The
+ * file's header is read first, so a model that does not fit the memory budget is refused before the file is
+ * read. File errors carry Node's `code` (`ENOENT`, `EISDIR`, `EACCES` ...) and the `path`.
+ */
+export async function load(path: string, options: LoadOptions = {}): Promise<Model> {
   if (typeof path !== 'string') throw new TypeError(`load: path must be a string, got ${describe(path)}`);
-  return new Model(await nativeAsync(() => loadModel(path)));
+  if (typeof options !== 'object' || options === null) throw new TypeError(`load: options must be an object, got ${describe(options)}`);
+  const { signal, maxMemory, ...rest } = options;
+  const extra = Object.keys(rest);
+  if (extra.length > 0) throw new TypeError(`load: unknown option ${extra.join(', ')}`);
+  const max = maxMemory === undefined ? undefined : parseBytes('load: maxMemory', maxMemory);
+  checkSignal('load', signal);
+  applyBudget();
+  return new Model(await runCancellable('load', signal, (c) => loadModel(path, max, c)));
 }
 
 /** Options of {@link memoryNetwork}. */
@@ -621,6 +782,8 @@ export interface MemoryNetworkOptions {
   seed?: number;
   /** `float32` (default) or `float64`. */
   dtype?: 'float32' | 'float64';
+  /** This model's memory budget, as {@link SequentialOptions.maxMemory}. */
+  maxMemory?: ByteSize;
 }
 
 /**
@@ -631,13 +794,29 @@ export interface MemoryNetworkOptions {
  * with layerwise tying `A`, `B`, `C`, `W`, `H`, `T_A`, `T_C`.
  */
 export function memoryNetwork(options: MemoryNetworkOptions): Model {
+  const [json, maxMemory] = memoryNetworkSpec('memoryNetwork', options);
+  return buildNow('memoryNetwork', 'memoryNetwork', json, maxMemory);
+}
+
+/** {@link memoryNetwork}, initialised off the event loop (see {@link sequentialAsync}). */
+export async function memoryNetworkAsync(options: MemoryNetworkOptions & SignalOptions): Promise<Model> {
   if (typeof options !== 'object' || options === null) {
-    throw new TypeError(`memoryNetwork: options must be an object, got ${describe(options)}`);
+    throw new TypeError(`memoryNetworkAsync: options must be an object, got ${describe(options)}`);
   }
-  const seed = options.seed;
+  const { signal, ...rest } = options;
+  const [json, maxMemory] = memoryNetworkSpec('memoryNetworkAsync', rest);
+  return buildLater('memoryNetworkAsync', 'memoryNetwork', json, maxMemory, checkSignal('memoryNetworkAsync', signal));
+}
+
+function memoryNetworkSpec(op: string, options: MemoryNetworkOptions): [string, number | undefined] {
+  if (typeof options !== 'object' || options === null) {
+    throw new TypeError(`${op}: options must be an object, got ${describe(options)}`);
+  }
+  const { maxMemory, ...spec } = options;
+  const seed = spec.seed;
   if (seed !== undefined && (!Number.isSafeInteger(seed) || seed < 0)) {
-    throw new RangeError(`memoryNetwork: seed must be a non-negative safe integer, got ${String(seed)}`);
+    throw new RangeError(`${op}: seed must be a non-negative safe integer, got ${String(seed)}`);
   }
-  const spec = { ...options, seed: seed ?? Math.floor(Math.random() * 2 ** 32) };
-  return new Model(native(() => NativeModel.createMemoryNetwork(JSON.stringify(spec))));
+  const json = JSON.stringify({ ...spec, seed: seed ?? Math.floor(Math.random() * 2 ** 32) });
+  return [json, maxMemory === undefined ? undefined : parseBytes(`${op}: maxMemory`, maxMemory)];
 }

@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 use safetensors::SafeTensors;
 
 use crate::error::{Error, Result};
-use crate::host::HostTensor;
+use crate::memory::{Budget, Bytes};
 use crate::models::{MemoryNetwork, MemoryNetworkConfig, Sequential, SequentialConfig};
 use crate::train::{CompileConfig, Slot, Trainer};
 
@@ -30,12 +30,24 @@ const RNG: &str = "engram.rng";
 const OPT_PREFIX: &str = "__optimizer__/";
 const LINEAR_START: &str = "engram.linearStart";
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+fn io<'a>(op: &'a str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io { op: op.to_string(), path: path.to_path_buf(), source }
 }
 
-/// Writes `bytes` to `path` atomically: a sibling temporary file, flushed to disk, then renamed.
+/// Bytes written (or read) between two looks at the cancellation flag.
+const CHUNK: usize = 8 << 20;
+
+/// Writes `bytes` to `path` atomically: a sibling temporary file, flushed to disk, then renamed. Errors name
+/// `path` (never the temporary file); a cancelled write removes the temporary file and leaves `path` as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_as("save", path, bytes)
+}
+
+/// [`write_atomic`], with `op` naming the operation in errors.
+pub fn write_atomic_as(op: &str, path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.is_dir() {
+        return Err(io(op, path)(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+    }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().ok_or_else(|| Error::checkpoint(path, "not a file path"))?;
     // Process id and a per-process counter: concurrent saves to one path (worker threads) each get their own
@@ -43,16 +55,82 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tmp: PathBuf = dir.join(format!(".{}.{}.{n}.tmp", file_name.to_string_lossy(), process_tag()));
+    let mut created = false;
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
+        let mut f = std::fs::File::create(&tmp).map_err(io(op, path))?;
+        created = true;
+        for chunk in bytes.chunks(CHUNK) {
+            crate::cancel::check(op)?;
+            f.write_all(chunk).map_err(io(op, path))?;
+        }
+        f.sync_all().map_err(io(op, path))?;
+        crate::cancel::check(op)?;
+        std::fs::rename(&tmp, path).map_err(io(op, path))
     })();
-    if result.is_err() {
+    if result.is_err() && created {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The whole file, read in chunks (looking at the cancellation flag between them) into a buffer allocated
+/// fallibly.
+fn read_file(op: &str, path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io(op, path))?;
+    let meta = f.metadata().map_err(io(op, path))?;
+    if meta.is_dir() {
+        return Err(io(op, path)(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+    }
+    let len = usize::try_from(meta.len()).map_err(|_| Error::checkpoint(path, "too large for this machine"))?;
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|_| {
+        Error::Memory(format!(
+            "{op} {}: cannot allocate {} to read it",
+            path.display(),
+            crate::memory::format_bytes(len as u64)
+        ))
+    })?;
+    let mut chunk = vec![0u8; CHUNK.min(len.max(1))];
+    loop {
+        crate::cancel::check(op)?;
+        let got = f.read(&mut chunk).map_err(io(op, path))?;
+        if got == 0 {
+            break;
+        }
+        if buf.len() + got > len {
+            return Err(Error::checkpoint(path, "changed while it was read"));
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    Ok(buf)
+}
+
+/// A safetensors file's metadata and its length, from its header alone.
+fn read_header(op: &str, path: &Path) -> Result<(HashMap<String, String>, u64)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io(op, path))?;
+    let meta = f.metadata().map_err(io(op, path))?;
+    if meta.is_dir() {
+        return Err(io(op, path)(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
+    }
+    let corrupt =
+        |why: &str| Error::checkpoint(path, format!("not a valid safetensors file (truncated or corrupt?): {why}"));
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| corrupt("shorter than its header"))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 || n.saturating_add(8) > meta.len() {
+        return Err(corrupt("the header's length is past the end of the file"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|_| corrupt("the header is cut short"))?;
+    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| corrupt(&format!("header: {e}")))?;
+    let meta_map = json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+        .unwrap_or_default();
+    Ok((meta_map, meta.len()))
 }
 
 /// The process id; under WASI, where `std::process::id()` panics ("unsupported"), a stamp of the clock taken once
@@ -77,7 +155,9 @@ pub trait Checkpointed: Sized {
     const KIND: &'static str;
     type Config: serde::Serialize + serde::de::DeserializeOwned;
     fn config(&self) -> &Self::Config;
-    fn build(config: Self::Config, device: &Device) -> Result<Self>;
+    fn build_with(config: Self::Config, device: &Device, budget: &Budget) -> Result<Self>;
+    /// The model as a dry run: checked against `budget`, nothing allocated.
+    fn plan(config: &Self::Config, device: &Device, budget: &Budget) -> Result<Self>;
     fn trainer(&self) -> &Trainer;
     fn trainer_mut(&mut self) -> &mut Trainer;
     /// Model state outside the trainer that a resumed run needs, as metadata entries.
@@ -93,10 +173,7 @@ pub trait Checkpointed: Sized {
 /// The kind a checkpoint holds (`sequential`, `memoryNetwork`, ...), read from its header only.
 pub fn stored_kind(path: impl AsRef<Path>) -> Result<String> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
-    let meta = header.metadata().clone().unwrap_or_default();
+    let (meta, _) = read_header("load", path)?;
     match (meta.get(KIND), meta.get(MODEL)) {
         (Some(k), _) => Ok(k.clone()),
         (None, Some(_)) => Ok(Sequential::KIND.to_string()),
@@ -144,28 +221,42 @@ pub fn save<M: Checkpointed>(model: &M, path: impl AsRef<Path>) -> Result<()> {
     }
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
         .map_err(|e| Error::checkpoint(path, format!("cannot serialise: {e}")))?;
-    write_atomic(path, &bytes)
+    crate::cancel::check("save")?;
+    write_atomic_as("save", path, &bytes)
 }
 
 /// Loads a model saved by [`save`], compiled and with its optimizer state if it was saved so.
 pub fn load<M: Checkpointed>(path: impl AsRef<Path>, device: &Device) -> Result<M> {
+    load_with(path, device, &Budget::global())
+}
+
+/// [`load`], after checking from the file's header that the model and the file's contents fit `budget`.
+pub fn load_with<M: Checkpointed>(path: impl AsRef<Path>, device: &Device, budget: &Budget) -> Result<M> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let (tensors, meta) = parse(path, &bytes, device)?;
-    let kind = meta.get(KIND).map_or(Sequential::KIND, |k| k.as_str());
-    if kind != M::KIND {
-        return Err(Error::checkpoint(path, format!("holds a {kind} model, not a {}", M::KIND)));
-    }
-    let config: M::Config = match meta.get(MODEL) {
-        Some(m) => serde_json::from_str(m)
-            .map_err(|e| Error::checkpoint(path, format!("the stored model spec is invalid: {e}")))?,
-        None => return Err(no_spec(path)),
+    let (meta, file_len) = read_header("load", path)?;
+    let config = stored_config::<M>(path, &meta)?;
+    let plan = M::plan(&config, device, budget)?;
+    // The file's bytes and the tensors parsed from them, then the model beside those tensors.
+    let need = Bytes(file_len) * 2 + Bytes(plan.trainer().resident_bytes());
+    budget.check(need.get(), |n| {
+        format!(
+            "load {}: reading the checkpoint ({}) and building its model needs {n}",
+            path.display(),
+            crate::memory::format_bytes(file_len)
+        )
+    })?;
+    drop(plan);
+    let (tensors, meta) = {
+        let bytes = read_file("load", path)?;
+        parse(path, &bytes, device)?
     };
-    let mut model = M::build(config, device)?;
+    crate::cancel::check("load")?;
+    let mut model = M::build_with(config, device, budget)?;
+    crate::cancel::check("load")?;
     model.restore_state(&meta).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     let t = model.trainer_mut();
-    let weights = host_weights(&tensors, |n| !n.starts_with(OPT_PREFIX))?;
-    t.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let weights = stored_weights(&tensors, |n| !n.starts_with(OPT_PREFIX));
+    t.set_tensors(&weights).map_err(|e| Error::checkpoint(path, e.to_string()))?;
     if let Some(c) = meta.get(COMPILE) {
         let spec: CompileConfig = serde_json::from_str(c)
             .map_err(|e| Error::checkpoint(path, format!("the stored compile options are invalid: {e}")))?;
@@ -224,16 +315,21 @@ pub fn load<M: Checkpointed>(path: impl AsRef<Path>, device: &Device) -> Result<
 /// the stored names first. Every parameter must be present with its shape; nothing changes otherwise.
 pub fn load_weights(t: &mut Trainer, path: impl AsRef<Path>, prefix: &str) -> Result<()> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(io(path))?;
-    let (tensors, _) = parse(path, &bytes, &t.device)?;
+    let (_, file_len) = read_header("loadWeights", path)?;
+    t.check_call((Bytes(file_len) * 2).get(), false, || format!("loadWeights {}", path.display()))?;
+    let (tensors, _) = {
+        let bytes = read_file("loadWeights", path)?;
+        parse(path, &bytes, &t.device)?
+    };
+    crate::cancel::check("loadWeights")?;
     let stripped: HashMap<String, Tensor> = tensors
         .into_iter()
         .filter_map(|(n, t)| n.strip_prefix(prefix).map(|s| (s.to_string(), t)))
         .filter(|(n, _)| !n.starts_with(OPT_PREFIX))
         .collect();
     let names: Vec<String> = t.params().iter().map(|(n, _)| n.to_string()).collect();
-    let weights = host_weights(&stripped, |n| names.iter().any(|m| m == n))?;
-    t.set_weights(&weights, true).map_err(|e| Error::checkpoint(path, e.to_string()))
+    let weights = stored_weights(&stripped, |n| names.iter().any(|m| m == n));
+    t.set_tensors(&weights).map_err(|e| Error::checkpoint(path, e.to_string()))
 }
 
 impl Checkpointed for Sequential {
@@ -244,8 +340,12 @@ impl Checkpointed for Sequential {
         Sequential::config(self)
     }
 
-    fn build(config: SequentialConfig, device: &Device) -> Result<Self> {
-        Sequential::new_on(config, device)
+    fn build_with(config: SequentialConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        Sequential::new_with(config, device, budget)
+    }
+
+    fn plan(config: &SequentialConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        Sequential::plan(config, device, budget)
     }
 
     fn trainer(&self) -> &Trainer {
@@ -278,6 +378,19 @@ impl Sequential {
     }
 }
 
+/// The model spec stored in a checkpoint's metadata, for a model of kind `M`.
+fn stored_config<M: Checkpointed>(path: &Path, meta: &HashMap<String, String>) -> Result<M::Config> {
+    let kind = meta.get(KIND).map_or(Sequential::KIND, |k| k.as_str());
+    if kind != M::KIND {
+        return Err(Error::checkpoint(path, format!("holds a {kind} model, not a {}", M::KIND)));
+    }
+    match meta.get(MODEL) {
+        Some(m) => serde_json::from_str(m)
+            .map_err(|e| Error::checkpoint(path, format!("the stored model spec is invalid: {e}"))),
+        None => Err(no_spec(path)),
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::State(format!("cannot serialise the model spec: {e}")))
 }
@@ -298,15 +411,10 @@ fn parse(path: &Path, bytes: &[u8], device: &Device) -> Result<Parsed> {
     Ok((tensors, meta))
 }
 
-fn host_weights(tensors: &HashMap<String, Tensor>, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, HostTensor)>> {
-    let mut out = Vec::new();
-    for (n, t) in tensors {
-        if keep(n) {
-            out.push((n.clone(), HostTensor::from_tensor(t)?));
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+fn stored_weights(tensors: &HashMap<String, Tensor>, keep: impl Fn(&str) -> bool) -> Vec<(&str, &Tensor)> {
+    let mut out: Vec<(&str, &Tensor)> = tensors.iter().filter(|(n, _)| keep(n)).map(|(n, t)| (n.as_str(), t)).collect();
+    out.sort_by(|a, b| a.0.cmp(b.0));
+    out
 }
 
 impl Checkpointed for MemoryNetwork {
@@ -317,8 +425,12 @@ impl Checkpointed for MemoryNetwork {
         MemoryNetwork::config(self)
     }
 
-    fn build(config: MemoryNetworkConfig, device: &Device) -> Result<Self> {
-        MemoryNetwork::new_on(config, device)
+    fn build_with(config: MemoryNetworkConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        MemoryNetwork::new_with(config, device, budget)
+    }
+
+    fn plan(config: &MemoryNetworkConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        MemoryNetwork::plan(config, device, budget)
     }
 
     fn trainer(&self) -> &Trainer {

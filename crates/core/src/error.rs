@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Range,
     /// Anything else: model state, files, internal failures.
     Other,
+    /// The call was cancelled (an `AbortSignal`, or the model disposed while it ran).
+    Abort,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +33,15 @@ pub enum Error {
     /// A checkpoint or state-dict file that cannot be used.
     #[error("{path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// A file operation that failed: `op` is what engram was doing (`save`, `load`), `path` the user's path.
+    #[error("{op} {}: {}", path.display(), io_message(source))]
+    Io { op: String, path: PathBuf, source: std::io::Error },
+    /// An estimate over the memory budget (see [`crate::memory`]).
+    #[error("{0}")]
+    Memory(String),
+    /// Stopped by its cancellation flag before it finished; the model is as it was before the call.
+    #[error("{0}")]
+    Cancelled(String),
     /// An error from candle: a bug in engram if it is ever reached from valid input.
     #[error("internal tensor error: {0}")]
     Candle(#[from] candle_core::Error),
@@ -42,7 +51,8 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Type(_) => ErrorKind::Type,
-            Error::Shape { .. } | Error::Range(_) => ErrorKind::Range,
+            Error::Shape { .. } | Error::Range(_) | Error::Memory(_) => ErrorKind::Range,
+            Error::Cancelled(_) => ErrorKind::Abort,
             _ => ErrorKind::Other,
         }
     }
@@ -57,3 +67,12 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// An I/O error's text without Rust's ` (os error N)` suffix.
+fn io_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}

@@ -3,11 +3,13 @@
 //! The core knows maths and nothing of Node: models are built from JSON-able specs, take and return
 //! [`HostTensor`]s, and report failures as [`Error`]s whose messages name what was expected and found.
 
+pub mod cancel;
 pub mod checkpoint;
 pub mod error;
 pub mod host;
 pub mod kernels;
 pub mod layers;
+pub mod memory;
 pub mod models;
 pub mod rng;
 pub mod train;
@@ -20,6 +22,7 @@ pub use layers::{
     Activation, DenseSpec, DropoutSpec, EmbeddingSpec, FeedForwardActivation, LayerNormSpec, LayerSpec, LstmSpec,
     MultiHeadAttentionSpec, Nonlinearity, PositionKind, PositionalEncodingSpec, RecurrentSpec, TransformerBlockSpec,
 };
+pub use memory::{Budget, format_bytes, parse_bytes};
 pub use models::{
     CompileConfig, GenerateConfig, InitialState, Input, Precision, Sequential, SequentialConfig, StepOutput,
 };

@@ -8,11 +8,14 @@ mod net;
 mod tensor;
 
 pub use device::{NativeBackend, native_backend};
-pub use model::{Model, StepResult, load_model};
+pub use model::{
+    CancelToken, MemoryBudget, Model, ModelPlan, StepResult, load_model, memory_budget, set_memory_budget,
+};
 
 /// Runs when the addon loads, on the JS thread, before any model exists.
 #[napi_derive::module_init]
 fn on_load() {
+    error::install_panic_hook();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     tune_malloc();
     engram_core::kernels::inline_elementwise();

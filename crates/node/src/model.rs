@@ -1,11 +1,13 @@
-//! The native model handle. Heavy calls (`trainStep`, `predict`, `evaluate`, `save`, `load`) run as
-//! `AsyncTask`s on libuv's thread pool; light ones are synchronous. A model runs one call at a time: a call
-//! that finds it busy fails at once (the facade queues calls, so users never see that).
+//! The native model handle. Heavy calls (`trainStep`, `predict`, `evaluate`, `generate`, `save`, `load`, and
+//! building a large model) run as `AsyncTask`s on libuv's thread pool, each under a [`CancelToken`]; light ones
+//! are synchronous. A model runs one call at a time: a call that finds it busy fails at once (the facade queues
+//! calls, so users never see that).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use engram_core::{
-    CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential,
+    Budget, CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential,
     SequentialConfig, Tally,
 };
 use napi::bindgen_prelude::{AsyncTask, Env, Int32Array};
@@ -13,7 +15,7 @@ use napi::{Task, bindgen_prelude::Result};
 use napi_derive::napi;
 
 use crate::device;
-use crate::error::{guard, state_error, to_napi, type_error};
+use crate::error::{abort_error, guard, state_error, to_napi, type_error};
 use crate::net::Net;
 use crate::tensor::{JsState, JsTensor, NamedTensor, states_to_host, to_host, to_js};
 
@@ -50,24 +52,137 @@ fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Net) -> Result<T>
     }
 }
 
+/// A flag that stops the call it is given to (see `engram_core::cancel`): set by an `AbortSignal` or by
+/// `dispose()`, looked at between layers, time steps, tokens and chunks of a file.
+#[napi]
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+}
+
+#[napi]
+impl CancelToken {
+    #[napi(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        CancelToken { flag: Arc::new(AtomicBool::new(false)) }
+    }
+
+    #[napi]
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    #[napi(getter)]
+    pub fn cancelled(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+/// What a model spec makes, checked but not allocated (see `Sequential::plan`).
+#[napi(object)]
+pub struct ModelPlan {
+    pub param_count: f64,
+    /// Bytes of parameters and lasting tables.
+    pub resident_bytes: f64,
+    pub summary: String,
+    /// The spec with every default filled in, as `config` reports it.
+    pub config_json: String,
+    /// Where the model would live.
+    pub device: String,
+}
+
+/// A model spec, parsed.
+enum Spec {
+    Sequential(SequentialConfig),
+    MemoryNetwork(MemoryNetworkConfig),
+}
+
+impl Spec {
+    fn parse(kind: &str, json: &str) -> Result<Spec> {
+        match kind {
+            "sequential" => Ok(Spec::Sequential(parse_json("model spec", json)?)),
+            "memoryNetwork" => Ok(Spec::MemoryNetwork(parse_json("memoryNetwork options", json)?)),
+            _ => Err(type_error(format!("model kind: expected sequential or memoryNetwork, got {kind:?}"))),
+        }
+    }
+
+    fn plan(&self, on: &engram_core::Device, budget: &Budget) -> Result<Net> {
+        Ok(match self {
+            Spec::Sequential(c) => Net::Sequential(Sequential::plan(c, on, budget).map_err(to_napi)?),
+            Spec::MemoryNetwork(c) => Net::MemoryNetwork(MemoryNetwork::plan(c, on, budget).map_err(to_napi)?),
+        })
+    }
+
+    fn build(self, on: &engram_core::Device, budget: &Budget) -> Result<Net> {
+        Ok(match self {
+            Spec::Sequential(c) => Net::Sequential(Sequential::new_with(c, on, budget).map_err(to_napi)?),
+            Spec::MemoryNetwork(c) => Net::MemoryNetwork(MemoryNetwork::new_with(c, on, budget).map_err(to_napi)?),
+        })
+    }
+}
+
+/// The budget of a model: its `maxMemory` option (bytes) when given, else the process's.
+fn budget(max_memory: Option<f64>) -> Result<Budget> {
+    match max_memory {
+        None => Ok(Budget::global()),
+        Some(b) if b.is_finite() && b >= 1.0 => Ok(Budget::new(b as u64, "the model's maxMemory option")),
+        Some(b) => {
+            Err(napi::Error::from_reason(format!("RangeError: maxMemory must be a number of bytes >= 1, got {b}")))
+        }
+    }
+}
+
 #[napi]
 impl Model {
-    /// Builds a model from its JSON spec (`{ layers, seed, dtype }`).
+    /// Builds a model from its JSON spec (`{ layers, seed, dtype }`), here and now (the facade builds large
+    /// ones with [`Model::build`]).
     #[napi(factory, catch_unwind)]
-    pub fn create(spec_json: String) -> Result<Model> {
-        let config: SequentialConfig = parse_json("model spec", &spec_json)?;
-        let (on, device) = device::current()?;
-        let model = Sequential::new_on(config, &on).map_err(to_napi)?;
-        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::Sequential(model)))), device })
+    pub fn create(spec_json: String, max_memory: Option<f64>) -> Result<Model> {
+        Self::create_kind("sequential", &spec_json, max_memory)
     }
 
     /// Builds an end-to-end memory network from its JSON options.
     #[napi(factory, catch_unwind)]
-    pub fn create_memory_network(options_json: String) -> Result<Model> {
-        let config: MemoryNetworkConfig = parse_json("memoryNetwork options", &options_json)?;
+    pub fn create_memory_network(options_json: String, max_memory: Option<f64>) -> Result<Model> {
+        Self::create_kind("memoryNetwork", &options_json, max_memory)
+    }
+
+    fn create_kind(kind: &str, json: &str, max_memory: Option<f64>) -> Result<Model> {
+        let spec = Spec::parse(kind, json)?;
+        let budget = budget(max_memory)?;
         let (on, device) = device::current()?;
-        let model = MemoryNetwork::new_on(config, &on).map_err(to_napi)?;
-        Ok(Model { inner: Arc::new(Mutex::new(Some(Net::MemoryNetwork(model)))), device })
+        let net = guard("create", || spec.build(&on, &budget))?;
+        Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device })
+    }
+
+    /// Checks a spec of `kind` (`sequential`, `memoryNetwork`) and its memory against the budget, allocating
+    /// nothing: the parameter count, bytes, summary and normalised spec of the model it would build.
+    #[napi(catch_unwind)]
+    pub fn plan(kind: String, spec_json: String, max_memory: Option<f64>) -> Result<ModelPlan> {
+        let spec = Spec::parse(&kind, &spec_json)?;
+        let budget = budget(max_memory)?;
+        let (on, device) = device::current()?;
+        let net = guard("plan", || spec.plan(&on, &budget))?;
+        Ok(ModelPlan {
+            param_count: net.trainer().param_count() as f64,
+            resident_bytes: net.trainer().resident_bytes() as f64,
+            summary: net.summary(),
+            config_json: net.config_json().map_err(to_napi)?,
+            device,
+        })
+    }
+
+    /// Builds a model of `kind` off the event loop (for large ones: initialising their weights takes time).
+    #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
+    pub fn build(
+        kind: String,
+        spec_json: String,
+        max_memory: Option<f64>,
+        cancel: &CancelToken,
+    ) -> Result<AsyncTask<BuildTask>> {
+        let spec = Spec::parse(&kind, &spec_json)?;
+        let budget = budget(max_memory)?;
+        Ok(AsyncTask::new(BuildTask { spec: Some(spec), budget, cancel: cancel.flag.clone() }))
     }
 
     /// The device the model lives on, as `ENGRAM_DEVICE` names it (`cpu`, `cuda:0`).
@@ -101,24 +216,24 @@ impl Model {
 
     /// Memory networks: each hop's attention over the memories, `[hops, batch, memorySize]`.
     #[napi(catch_unwind, ts_return_type = "Promise<JsTensor>")]
-    pub fn attention(&self, inputs: Vec<JsTensor>) -> Result<AsyncTask<Job>> {
+    pub fn attention(&self, inputs: Vec<JsTensor>, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
         let inputs = inputs_to_host(&inputs)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Attention { inputs } }))
+        Ok(self.job(Work::Attention { inputs }, cancel))
     }
 
     /// Sequential models: each attention layer's probabilities `[batch, nHeads, seqLen, seqLen]`, by layer name.
     #[napi(catch_unwind, ts_return_type = "Promise<Array<NamedTensor>>")]
-    pub fn attention_weights(&self, inputs: Vec<JsTensor>) -> Result<AsyncTask<Job>> {
+    pub fn attention_weights(&self, inputs: Vec<JsTensor>, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
         let inputs = inputs_to_host(&inputs)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::AttentionWeights { inputs } }))
+        Ok(self.job(Work::AttentionWeights { inputs }, cancel))
     }
 
     /// Decoder-only Transformers: samples `maxTokens` ids after `prompt` (options as JSON:
     /// `{ maxTokens, temperature, topK, seed }`).
     #[napi(catch_unwind, ts_return_type = "Promise<Int32Array>")]
-    pub fn generate(&self, prompt: Int32Array, options_json: String) -> Result<AsyncTask<Job>> {
+    pub fn generate(&self, prompt: Int32Array, options_json: String, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
         let cfg: GenerateConfig = parse_json("generate options", &options_json)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Generate { prompt: prompt.to_vec(), cfg } }))
+        Ok(self.job(Work::Generate { prompt: prompt.to_vec(), cfg }, cancel))
     }
 
     /// Compiles with `{ optimizer, loss }` as JSON; resets the optimizer state.
@@ -157,41 +272,53 @@ impl Model {
         inputs: Vec<JsTensor>,
         y: JsTensor,
         states: Option<Vec<JsState>>,
+        cancel: &CancelToken,
     ) -> Result<AsyncTask<Job>> {
         let inputs = inputs_to_host(&inputs)?;
         let y = to_host("y", &y)?;
         let states = states_to_host(states)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Train { inputs, y, states } }))
+        Ok(self.job(Work::Train { inputs, y, states }, cancel))
     }
 
     /// The model's output for a batch, in inference mode.
     #[napi(catch_unwind, ts_return_type = "Promise<JsTensor>")]
-    pub fn predict(&self, inputs: Vec<JsTensor>, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
+    pub fn predict(
+        &self,
+        inputs: Vec<JsTensor>,
+        states: Option<Vec<JsState>>,
+        cancel: &CancelToken,
+    ) -> Result<AsyncTask<Job>> {
         let inputs = inputs_to_host(&inputs)?;
         let states = states_to_host(states)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Predict { inputs, states } }))
+        Ok(self.job(Work::Predict { inputs, states }, cancel))
     }
 
     /// The compiled loss on a batch, in inference mode, with its tally. Resolves to `{ loss, gradNorm: 0, ... }`.
     #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
-    pub fn evaluate(&self, inputs: Vec<JsTensor>, y: JsTensor, states: Option<Vec<JsState>>) -> Result<AsyncTask<Job>> {
+    pub fn evaluate(
+        &self,
+        inputs: Vec<JsTensor>,
+        y: JsTensor,
+        states: Option<Vec<JsState>>,
+        cancel: &CancelToken,
+    ) -> Result<AsyncTask<Job>> {
         let inputs = inputs_to_host(&inputs)?;
         let y = to_host("y", &y)?;
         let states = states_to_host(states)?;
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Evaluate { inputs, y, states } }))
+        Ok(self.job(Work::Evaluate { inputs, y, states }, cancel))
     }
 
     /// Writes a checkpoint (atomically).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String) -> Result<AsyncTask<Job>> {
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::Save { path } }))
+    pub fn save(&self, path: String, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
+        Ok(self.job(Work::Save { path }, cancel))
     }
 
     /// Loads a safetensors state dict (e.g. from PyTorch) into this model, stripping `prefix` from names.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn load_weights(&self, path: String, prefix: Option<String>) -> Result<AsyncTask<Job>> {
+    pub fn load_weights(&self, path: String, prefix: Option<String>, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
         let prefix = prefix.unwrap_or_default();
-        Ok(AsyncTask::new(Job { inner: self.inner.clone(), work: Work::LoadWeights { path, prefix } }))
+        Ok(self.job(Work::LoadWeights { path, prefix }, cancel))
     }
 
     #[napi(catch_unwind)]
@@ -259,6 +386,16 @@ impl Model {
         }
     }
 
+    fn job(&self, work: Work, cancel: &CancelToken) -> AsyncTask<Job> {
+        AsyncTask::new(Job { inner: self.inner.clone(), work, cancel: cancel.flag.clone() })
+    }
+
+    /// Bytes the model holds: parameters, lasting tables and optimizer state.
+    #[napi(catch_unwind)]
+    pub fn memory_bytes(&self) -> Result<f64> {
+        with_model(&self.inner, "memory", |m| Ok((m.trainer().resident_bytes() + m.trainer().optimizer_bytes()) as f64))
+    }
+
     #[napi(getter, catch_unwind)]
     pub fn is_disposed(&self) -> bool {
         match self.inner.try_lock() {
@@ -271,8 +408,41 @@ impl Model {
 
 /// Loads a checkpoint written by `save` into a new model.
 #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
-pub fn load_model(path: String) -> AsyncTask<LoadTask> {
-    AsyncTask::new(LoadTask { path })
+pub fn load_model(path: String, max_memory: Option<f64>, cancel: &CancelToken) -> Result<AsyncTask<LoadTask>> {
+    Ok(AsyncTask::new(LoadTask { path, budget: budget(max_memory)?, cancel: cancel.flag.clone() }))
+}
+
+/// The process's memory budget.
+#[napi(object)]
+pub struct MemoryBudget {
+    pub bytes: f64,
+    /// Where it comes from (`ENGRAM_MAX_MEMORY`, half of the machine's memory ...).
+    pub source: String,
+}
+
+/// Sets the budget of models created from now on (and of those without a `maxMemory` of their own, at their
+/// next call); `bytes` undefined goes back to the machine's default.
+#[napi(catch_unwind)]
+pub fn set_memory_budget(bytes: Option<f64>, source: Option<String>) -> Result<()> {
+    let budget = match bytes {
+        None => None,
+        Some(b) if b.is_finite() && b >= 1.0 => {
+            Some(Budget::new(b as u64, source.unwrap_or_else(|| "set by setMemoryBudget".into())))
+        }
+        Some(b) => {
+            return Err(napi::Error::from_reason(format!(
+                "RangeError: setMemoryBudget: bytes must be a number >= 1, got {b}"
+            )));
+        }
+    };
+    Budget::set_global(budget);
+    Ok(())
+}
+
+#[napi(catch_unwind)]
+pub fn memory_budget() -> MemoryBudget {
+    let b = Budget::global();
+    MemoryBudget { bytes: b.bytes as f64, source: b.source }
 }
 
 #[napi(object)]
@@ -313,6 +483,18 @@ pub enum Done {
 pub struct Job {
     inner: Shared,
     work: Work,
+    cancel: Arc<AtomicBool>,
+}
+
+/// Runs `f` under `flag`; once the flag is set, a call that fails (or has not started) reports an AbortError.
+fn cancellable<T>(op: &str, flag: &Arc<AtomicBool>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if flag.load(Ordering::Relaxed) {
+        return Err(abort_error(op));
+    }
+    match engram_core::cancel::scope(flag.clone(), f) {
+        Err(_) if flag.load(Ordering::Relaxed) => Err(abort_error(op)),
+        r => r,
+    }
 }
 
 impl Task for Job {
@@ -331,29 +513,31 @@ impl Task for Job {
             Work::LoadWeights { .. } => "loadWeights",
         };
         let work = &self.work;
-        guard(op, || {
-            with_model(&self.inner, op, |m| {
-                Ok(match work {
-                    Work::Train { inputs, y, states } => {
-                        let r = m.train_step(inputs, y, states).map_err(to_napi)?;
-                        Done::Step(StepResult::new(r.loss, r.grad_norm, r.tally))
-                    }
-                    Work::Predict { inputs, states } => Done::Tensor(m.predict(inputs, states).map_err(to_napi)?),
-                    Work::Attention { inputs } => Done::Tensor(m.attention(inputs).map_err(to_napi)?),
-                    Work::AttentionWeights { inputs } => Done::Named(m.attention_weights(inputs).map_err(to_napi)?),
-                    Work::Generate { prompt, cfg } => Done::Ids(m.generate(prompt, cfg).map_err(to_napi)?),
-                    Work::Evaluate { inputs, y, states } => {
-                        let e = m.evaluate(inputs, y, states).map_err(to_napi)?;
-                        Done::Step(StepResult::new(e.loss, 0.0, e.tally))
-                    }
-                    Work::Save { path } => {
-                        m.save(path.as_ref()).map_err(to_napi)?;
-                        Done::Nothing
-                    }
-                    Work::LoadWeights { path, prefix } => {
-                        m.load_weights(path.as_ref(), prefix).map_err(to_napi)?;
-                        Done::Nothing
-                    }
+        cancellable(op, &self.cancel, || {
+            guard(op, || {
+                with_model(&self.inner, op, |m| {
+                    Ok(match work {
+                        Work::Train { inputs, y, states } => {
+                            let r = m.train_step(inputs, y, states).map_err(to_napi)?;
+                            Done::Step(StepResult::new(r.loss, r.grad_norm, r.tally))
+                        }
+                        Work::Predict { inputs, states } => Done::Tensor(m.predict(inputs, states).map_err(to_napi)?),
+                        Work::Attention { inputs } => Done::Tensor(m.attention(inputs).map_err(to_napi)?),
+                        Work::AttentionWeights { inputs } => Done::Named(m.attention_weights(inputs).map_err(to_napi)?),
+                        Work::Generate { prompt, cfg } => Done::Ids(m.generate(prompt, cfg).map_err(to_napi)?),
+                        Work::Evaluate { inputs, y, states } => {
+                            let e = m.evaluate(inputs, y, states).map_err(to_napi)?;
+                            Done::Step(StepResult::new(e.loss, 0.0, e.tally))
+                        }
+                        Work::Save { path } => {
+                            m.save(path.as_ref()).map_err(to_napi)?;
+                            Done::Nothing
+                        }
+                        Work::LoadWeights { path, prefix } => {
+                            m.load_weights(path.as_ref(), prefix).map_err(to_napi)?;
+                            Done::Nothing
+                        }
+                    })
                 })
             })
         })
@@ -375,6 +559,8 @@ impl Task for Job {
 
 pub struct LoadTask {
     path: String,
+    budget: Budget,
+    cancel: Arc<AtomicBool>,
 }
 
 impl Task for LoadTask {
@@ -382,9 +568,36 @@ impl Task for LoadTask {
     type JsValue = Model;
 
     fn compute(&mut self) -> Result<(Net, String)> {
-        guard("load", || {
-            let (on, device) = device::current()?;
-            Ok((Net::load(self.path.as_ref(), &on).map_err(to_napi)?, device))
+        cancellable("load", &self.cancel, || {
+            guard("load", || {
+                let (on, device) = device::current()?;
+                Ok((Net::load(self.path.as_ref(), &on, &self.budget).map_err(to_napi)?, device))
+            })
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, (net, device): (Net, String)) -> Result<Model> {
+        Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device })
+    }
+}
+
+pub struct BuildTask {
+    spec: Option<Spec>,
+    budget: Budget,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Task for BuildTask {
+    type Output = (Net, String);
+    type JsValue = Model;
+
+    fn compute(&mut self) -> Result<(Net, String)> {
+        let spec = self.spec.take().ok_or_else(|| state_error("build: already built"))?;
+        cancellable("build", &self.cancel, || {
+            guard("build", || {
+                let (on, device) = device::current()?;
+                Ok((spec.build(&on, &self.budget)?, device))
+            })
         })
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use engram_core::checkpoint::{self, Checkpointed};
 use engram_core::{
-    CompileConfig, Device, Error, Evaluation, GenerateConfig, HostTensor, InitialState, MemoryNetwork, Result,
+    Budget, CompileConfig, Device, Error, Evaluation, GenerateConfig, HostTensor, InitialState, MemoryNetwork, Result,
     Sequential, StepOutput, train::Trainer,
 };
 
@@ -192,10 +192,10 @@ impl Net {
         }
     }
 
-    pub fn load(path: &Path, device: &Device) -> Result<Net> {
+    pub fn load(path: &Path, device: &Device, budget: &Budget) -> Result<Net> {
         match checkpoint::stored_kind(path)?.as_str() {
-            MemoryNetwork::KIND => Ok(Net::MemoryNetwork(checkpoint::load(path, device)?)),
-            _ => Ok(Net::Sequential(checkpoint::load(path, device)?)),
+            MemoryNetwork::KIND => Ok(Net::MemoryNetwork(checkpoint::load_with(path, device, budget)?)),
+            _ => Ok(Net::Sequential(checkpoint::load_with(path, device, budget)?)),
         }
     }
 

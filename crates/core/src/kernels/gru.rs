@@ -30,11 +30,13 @@ pub(crate) struct GruSeq {
     seq_len: usize,
     hidden: usize,
     lengths: Lengths,
+    /// The flag of the call that built the op: the time loops stop early once it is set (the op then fails).
+    cancel: crate::cancel::Cancel,
 }
 
 impl GruSeq {
     pub(crate) fn new(batch: usize, seq_len: usize, hidden: usize, lengths: Lengths) -> Self {
-        GruSeq { batch, seq_len, hidden, lengths }
+        GruSeq { batch, seq_len, hidden, lengths, cancel: crate::cancel::current() }
     }
 
     fn forward<T: Real>(&self, xp: &[T], w: &Hidden<T>, h0: &[T], out: &mut [T], keep: bool) -> Saved<T> {
@@ -49,6 +51,9 @@ impl GruSeq {
         hs[..b * h].copy_from_slice(h0);
         let mut hp = vec![T::zero(); b * g3];
         for t in 0..t_len {
+            if self.cancel.is_set() {
+                break;
+            }
             let (prev, next) = (state(t) * b * h, state(t + 1) * b * h);
             // hp = h_{t-1} [B, H] x W_hh^T [H, 3H]
             w.times_t(b, &hs[prev..prev + b * h], &mut hp, false);
@@ -87,6 +92,9 @@ impl GruSeq {
         let mut dh = vec![T::zero(); b * h];
         let mut dh_direct = vec![T::zero(); b * h];
         for t in (0..t_len).rev() {
+            if self.cancel.is_set() {
+                break;
+            }
             let h_prev = &s.h[t * b * h..(t + 1) * b * h];
             let dhp_t = &mut dhp[t * b * g3..(t + 1) * b * g3];
             for bi in 0..b {
@@ -188,6 +196,10 @@ impl<T: Real> Inner<T> for GruSeq {
     }
 
     fn rows(&self, rows: std::ops::Range<usize>) -> Self {
-        GruSeq::new(rows.len(), self.seq_len, self.hidden, self.lengths.rows(rows))
+        {
+            let mut r = GruSeq::new(rows.len(), self.seq_len, self.hidden, self.lengths.rows(rows));
+            r.cancel = self.cancel.clone();
+            r
+        }
     }
 }

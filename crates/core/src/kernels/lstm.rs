@@ -35,11 +35,13 @@ pub(crate) struct LstmSeq {
     seq_len: usize,
     hidden: usize,
     lengths: Lengths,
+    /// The flag of the call that built the op: the time loops stop early once it is set (the op then fails).
+    cancel: crate::cancel::Cancel,
 }
 
 impl LstmSeq {
     pub(crate) fn new(batch: usize, seq_len: usize, hidden: usize, lengths: Lengths) -> Self {
-        LstmSeq { batch, seq_len, hidden, lengths }
+        LstmSeq { batch, seq_len, hidden, lengths, cancel: crate::cancel::current() }
     }
 
     fn forward<T: Real>(&self, xp: &[T], w: &Hidden<T>, s0: &[T], out: &mut [T], keep: bool) -> Saved<T> {
@@ -59,6 +61,9 @@ impl LstmSeq {
             cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
         }
         for t in 0..t_len {
+            if self.cancel.is_set() {
+                break;
+            }
             let (prev, next) = (state(t) * b * h, state(t + 1) * b * h);
             // hp = h_{t-1} [B, H] x W_hh^T [H, 4H]
             w.times_t(b, &hs[prev..prev + b * h], &mut hp, false);
@@ -111,6 +116,9 @@ impl LstmSeq {
         // step's product then reads with a row stride of T * 4H.
         let row_stride = t_len * g4;
         for t in (0..t_len).rev() {
+            if self.cancel.is_set() {
+                break;
+            }
             let gates = &s.gates[t * b * g4..(t + 1) * b * g4];
             let c_prev = &s.c[t * b * h..(t + 1) * b * h];
             let tc_t = &s.tc[t * b * h..(t + 1) * b * h];
@@ -134,6 +142,9 @@ impl LstmSeq {
         let mut h_prev = vec![T::zero(); b * t_len * h];
         for bi in 0..b {
             for t in 0..t_len {
+                if self.cancel.is_set() {
+                    break;
+                }
                 let src = (t * b + bi) * h;
                 h_prev[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&s.h[src..src + h]);
             }
@@ -241,7 +252,11 @@ impl<T: Real> Inner<T> for LstmSeq {
     }
 
     fn rows(&self, rows: std::ops::Range<usize>) -> Self {
-        LstmSeq::new(rows.len(), self.seq_len, self.hidden, self.lengths.rows(rows))
+        {
+            let mut r = LstmSeq::new(rows.len(), self.seq_len, self.hidden, self.lengths.rows(rows));
+            r.cancel = self.cancel.clone();
+            r
+        }
     }
 
     fn final_cell(&self, s: &Saved<T>) -> Option<Vec<f64>> {

@@ -135,6 +135,8 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
             let inner = self.inner.rows(r.clone());
             inner.run(&xp[r.start * t * g..r.end * t * g], &hidden, &s0[r.start * sw..r.end * sw], out, self.keep)
         });
+        // The time loops stop early once the call is cancelled; what they left is not a result.
+        crate::cancel::current().check_candle()?;
         if let Some(sink) = &self.final_c {
             let mut cells = Vec::with_capacity(b * h);
             for (r, sv) in self.slices().into_iter().zip(&saved) {
@@ -172,6 +174,7 @@ impl<T: Real, K: Inner<T>> CustomOp3 for Projected<T, K> {
                     self.inner.rows(r.clone()).grad(&saved[i], &hidden, &dout[r.start * t * h..r.end * t * h], dxp, ds0)
                 })
             })?;
+            crate::cancel::current().check_candle()?;
             // dW_hh and db_hh summed over the slices, into their columns of dw.
             let db_hh_is_db = parts.iter().all(|(_, db_hh)| db_hh.is_empty());
             for (dw_hh, db_hh) in parts {

@@ -17,11 +17,13 @@ pub(crate) struct RnnSeq {
     hidden: usize,
     relu: bool,
     lengths: Lengths,
+    /// The flag of the call that built the op: the time loops stop early once it is set (the op then fails).
+    cancel: crate::cancel::Cancel,
 }
 
 impl RnnSeq {
     pub(crate) fn new(batch: usize, seq_len: usize, hidden: usize, relu: bool, lengths: Lengths) -> Self {
-        RnnSeq { batch, seq_len, hidden, relu, lengths }
+        RnnSeq { batch, seq_len, hidden, relu, lengths, cancel: crate::cancel::current() }
     }
 
     /// Returns `h` for steps 0..=T, time-major `[T+1, B, H]` (all the backward needs), or the latest two steps'.
@@ -31,6 +33,9 @@ impl RnnSeq {
         let mut hs = vec![T::zero(); (if keep { t_len + 1 } else { 2 }) * b * h];
         hs[..b * h].copy_from_slice(h0);
         for t in 0..t_len {
+            if self.cancel.is_set() {
+                break;
+            }
             let (p, n) = (state(t) * b * h, state(t + 1) * b * h);
             let (h_prev, next) = super::lstm::pair(&mut hs, p, n, b * h);
             for bi in 0..b {
@@ -59,6 +64,9 @@ impl RnnSeq {
         let mut dpre = vec![T::zero(); t_len * b * h];
         let mut dh = vec![T::zero(); b * h];
         for t in (0..t_len).rev() {
+            if self.cancel.is_set() {
+                break;
+            }
             let h_t = &hs[(t + 1) * b * h..(t + 2) * b * h];
             let d = &mut dpre[t * b * h..(t + 1) * b * h];
             let carry = self.lengths.carry(&dh, t, b, h);
@@ -77,6 +85,9 @@ impl RnnSeq {
         let mut dw = vec![T::zero(); h * h];
         matmul(h, h, t_len * b, &mut dw, h, false, Mat::rows_t(&dpre, h), Mat::rows(&hs[..t_len * b * h], h));
         for t in 0..t_len {
+            if self.cancel.is_set() {
+                break;
+            }
             for bi in 0..b {
                 let src = (t * b + bi) * h;
                 dxp[(bi * t_len + t) * h..(bi * t_len + t + 1) * h].copy_from_slice(&dpre[src..src + h]);
@@ -135,6 +146,10 @@ impl<T: Real> Inner<T> for RnnSeq {
     }
 
     fn rows(&self, rows: std::ops::Range<usize>) -> Self {
-        RnnSeq::new(rows.len(), self.seq_len, self.hidden, self.relu, self.lengths.rows(rows))
+        {
+            let mut r = RnnSeq::new(rows.len(), self.seq_len, self.hidden, self.relu, self.lengths.rows(rows));
+            r.cancel = self.cancel.clone();
+            r
+        }
     }
 }

@@ -82,18 +82,33 @@ pub enum Flow {
 }
 
 /// The model's trainable parameters in creation order, with their full (PyTorch-style) names.
+///
+/// A dry run ([`Params::dry`]) records names and shapes only: a model is first assembled that way, so that its
+/// memory is known (and checked against the budget) before anything is allocated.
 #[derive(Debug, Default)]
 pub struct Params {
     pub(crate) entries: Vec<(String, Var)>,
+    planned: Option<Vec<(String, Vec<usize>)>>,
+    /// Elements of tensors that are not parameters but live as long as the model (a sinusoidal table).
+    buffer_elems: u64,
 }
 
 impl Params {
+    /// Records shapes instead of allocating.
+    pub(crate) fn dry() -> Self {
+        Params { entries: Vec::new(), planned: Some(Vec::new()), buffer_elems: 0 }
+    }
+
+    pub(crate) fn is_dry(&self) -> bool {
+        self.planned.is_some()
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.planned.as_ref().map_or(self.entries.len(), Vec::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Var)> {
@@ -104,13 +119,52 @@ impl Params {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
+    /// Names and shapes of every parameter, planned or allocated.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        match &self.planned {
+            Some(p) => p.clone(),
+            None => self.entries.iter().map(|(n, v)| (n.clone(), v.dims().to_vec())).collect(),
+        }
+    }
+
+    /// Values in the parameters (planned or allocated) and in the model's other lasting tensors, saturating.
+    pub(crate) fn resident_elems(&self) -> u64 {
+        let params = match &self.planned {
+            Some(p) => p.iter().fold(0u64, |a, (_, s)| a.saturating_add(crate::memory::elems(s))),
+            None => self.entries.iter().map(|(_, v)| v.elem_count() as u64).sum(),
+        };
+        params.saturating_add(self.buffer_elems)
+    }
+
+    /// Values in the largest parameter.
+    pub(crate) fn largest_elems(&self) -> u64 {
+        self.shapes().iter().map(|(_, s)| crate::memory::elems(s)).max().unwrap_or(0)
+    }
+
+    fn taken(&self, name: &str) -> bool {
+        match &self.planned {
+            Some(p) => p.iter().any(|(n, _)| n == name),
+            None => self.get(name).is_some(),
+        }
+    }
+
     /// Registers a parameter and returns its index.
-    pub(crate) fn add(&mut self, name: String, value: Tensor) -> Result<usize> {
-        if self.get(&name).is_some() {
+    pub(crate) fn add(&mut self, name: String, value: Var) -> Result<usize> {
+        if self.taken(&name) {
             return Err(Error::Type(format!("two parameters are named {name}: give the layers distinct names")));
         }
-        self.entries.push((name, Var::from_tensor(&value)?));
+        self.entries.push((name, value));
         Ok(self.entries.len() - 1)
+    }
+
+    /// Registers a parameter of a dry run and returns its index.
+    pub(crate) fn plan(&mut self, name: String, shape: &[usize]) -> Result<usize> {
+        if self.taken(&name) {
+            return Err(Error::Type(format!("two parameters are named {name}: give the layers distinct names")));
+        }
+        let planned = self.planned.get_or_insert_with(Vec::new);
+        planned.push((name, shape.to_vec()));
+        Ok(planned.len() - 1)
     }
 
     /// The current values, tracked by autograd for a training forward, detached otherwise.
@@ -129,10 +183,13 @@ pub(crate) struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Whether this is a dry run that only plans shapes (see [`Params::dry`]).
+    pub fn is_dry(&self) -> bool {
+        self.params.is_dry()
+    }
+
     pub fn uniform(&mut self, local: &str, shape: &[usize], bound: f64) -> Result<usize> {
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| self.rng.uniform(-bound, bound)).collect();
-        self.add(local, v, shape)
+        self.add(local, shape, |rng| rng.uniform(-bound, bound))
     }
 
     pub fn normal(&mut self, local: &str, shape: &[usize]) -> Result<usize> {
@@ -140,14 +197,17 @@ impl Builder<'_> {
     }
 
     pub fn normal_std(&mut self, local: &str, shape: &[usize], std: f64) -> Result<usize> {
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| std * self.rng.normal()).collect();
-        self.add(local, v, shape)
+        self.add(local, shape, |rng| std * rng.normal())
     }
 
     pub fn constant(&mut self, local: &str, shape: &[usize], value: f64) -> Result<usize> {
-        let n: usize = shape.iter().product();
-        self.add(local, vec![value; n], shape)
+        self.add(local, shape, |_| value)
+    }
+
+    /// Accounts for a tensor of `shape` that the layer keeps but does not train (in a dry run; otherwise the
+    /// layer allocates it itself).
+    pub fn buffer(&mut self, shape: &[usize]) {
+        self.params.buffer_elems = self.params.buffer_elems.saturating_add(crate::memory::elems(shape));
     }
 
     /// A builder for a sub-module: its parameters are named `prefix.name.*`, as PyTorch names nested modules.
@@ -161,9 +221,28 @@ impl Builder<'_> {
         }
     }
 
-    fn add(&mut self, local: &str, v: Vec<f64>, shape: &[usize]) -> Result<usize> {
-        let t = Tensor::from_vec(v, shape, self.device)?.to_dtype(self.dtype)?;
-        self.params.add(format!("{}.{local}", self.prefix), t)
+    /// Draws the values in the parameter's own precision (each f64 draw rounded once, as a conversion of the
+    /// whole tensor would) straight into the buffer the parameter keeps: no temporary copies.
+    fn add(&mut self, local: &str, shape: &[usize], mut draw: impl FnMut(&mut Rng) -> f64) -> Result<usize> {
+        let name = if self.prefix.is_empty() { local.to_string() } else { format!("{}.{local}", self.prefix) };
+        if self.is_dry() {
+            return self.params.plan(name, shape);
+        }
+        let n = usize::try_from(crate::memory::elems(shape))
+            .map_err(|_| Error::Memory(format!("{name}: {shape:?} holds more values than this machine can address")))?;
+        let var = match self.dtype {
+            DType::F64 => {
+                let mut v = crate::memory::zeros::<f64>(&name, n)?;
+                v.iter_mut().for_each(|x| *x = draw(self.rng));
+                Var::from_vec(v, shape, self.device)?
+            }
+            _ => {
+                let mut v = crate::memory::zeros::<f32>(&name, n)?;
+                v.iter_mut().for_each(|x| *x = draw(self.rng) as f32);
+                Var::from_vec(v, shape, self.device)?
+            }
+        };
+        self.params.add(name, var)
     }
 }
 

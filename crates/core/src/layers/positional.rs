@@ -52,17 +52,28 @@ pub struct PositionalEncoding {
     table: Option<Tensor>,
 }
 
-/// The sinusoidal table `[max_len, d]`, computed in f64.
+/// The sinusoidal table `[max_len, d]`, computed in f64 and rounded once to `dtype`.
 pub fn sinusoidal_table(max_len: usize, d: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut v = vec![0f64; max_len * d];
-    for pos in 0..max_len {
-        for j in 0..d {
-            let i2 = (j - j % 2) as f64;
-            let angle = pos as f64 / 10000f64.powf(i2 / d as f64);
-            v[pos * d + j] = if j % 2 == 0 { angle.sin() } else { angle.cos() };
+    let value = |i: usize| {
+        let (pos, j) = (i / d, i % d);
+        let i2 = (j - j % 2) as f64;
+        let angle = pos as f64 / 10000f64.powf(i2 / d as f64);
+        if j % 2 == 0 { angle.sin() } else { angle.cos() }
+    };
+    let n =
+        max_len.checked_mul(d).ok_or_else(|| Error::Memory("positionalEncoding: maxLen x dModel overflows".into()))?;
+    Ok(match dtype {
+        DType::F64 => {
+            let mut v = crate::memory::zeros::<f64>("positionalEncoding table", n)?;
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = value(i));
+            Tensor::from_vec(v, (max_len, d), device)?
         }
-    }
-    Ok(Tensor::from_vec(v, (max_len, d), device)?.to_dtype(dtype)?)
+        _ => {
+            let mut v = crate::memory::zeros::<f32>("positionalEncoding table", n)?;
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = value(i) as f32);
+            Tensor::from_vec(v, (max_len, d), device)?.to_dtype(dtype)?
+        }
+    })
 }
 
 impl PositionalEncoding {
@@ -71,6 +82,10 @@ impl PositionalEncoding {
         check_rate("positionalEncoding", "dropout", spec.dropout)?;
         let (weight, table) = match spec.kind {
             PositionKind::Learned => (Some(b.normal_std("weight", &[spec.max_len, d_model], 0.02)?), None),
+            PositionKind::Sinusoidal if b.is_dry() => {
+                b.buffer(&[spec.max_len, d_model]);
+                (None, None)
+            }
             PositionKind::Sinusoidal => (None, Some(sinusoidal_table(spec.max_len, d_model, b.dtype, b.device)?)),
         };
         Ok(PositionalEncoding { kind: spec.kind, max_len: spec.max_len, d_model, dropout: spec.dropout, weight, table })

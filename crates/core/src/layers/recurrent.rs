@@ -338,6 +338,17 @@ impl Recurrent {
         Ok(())
     }
 
+    /// The carried state, to put back with [`Recurrent::restore_state`] when a call fails after its forward.
+    pub(crate) fn carried_snapshot(&self) -> Option<RecurrentState> {
+        self.carried.lock().ok().and_then(|g| g.clone())
+    }
+
+    pub(crate) fn restore_state(&self, s: Option<RecurrentState>) {
+        if let Ok(mut g) = self.carried.lock() {
+            *g = s;
+        }
+    }
+
     /// Forgets the carried state: the next call starts from zeros (or its explicit initial state).
     pub fn reset_states(&self) {
         if let Ok(mut g) = self.carried.lock() {

@@ -67,6 +67,11 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
+    /// The feed-forward network's hidden size.
+    pub fn ff_dim(&self) -> usize {
+        self.linear1.units
+    }
+
     pub(crate) fn build(spec: &TransformerBlockSpec, b: &mut Builder) -> Result<Self> {
         let op = "transformerBlock";
         check_positive(op, "dModel", spec.d_model)?;

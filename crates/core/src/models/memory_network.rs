@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::host::{HostData, HostTensor};
 use crate::kernels::bag::weighted_bag;
-use crate::layers::{Params, check_positive};
+use crate::layers::{Builder, Params, check_positive};
+use crate::memory::{self, Budget, Bytes};
 use crate::models::Precision;
 use crate::rng::Rng;
 use crate::train::trainer::check_batch;
@@ -136,6 +137,40 @@ impl MemoryNetwork {
     }
 
     pub fn new_on(config: MemoryNetworkConfig, device: &Device) -> Result<Self> {
+        Self::new_with(config, device, &Budget::global())
+    }
+
+    /// Builds the network once a dry run has shown that its parameters fit `budget`.
+    pub fn new_with(config: MemoryNetworkConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        let plan = Self::plan(&config, device, budget)?;
+        let (layout, params, rng) = Self::assemble(&config, device, Params::default())?;
+        drop(plan);
+        let dtype = config.dtype.dtype();
+        Ok(MemoryNetwork {
+            config,
+            layout,
+            trainer: Trainer::new(params, rng, device, dtype, budget.clone()),
+            linear: false,
+        })
+    }
+
+    /// The network as a dry run (shapes only, checked against `budget`); see [`crate::Sequential::plan`].
+    pub fn plan(config: &MemoryNetworkConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        let (layout, params, rng) = Self::assemble(config, device, Params::dry())?;
+        let dtype = config.dtype.dtype();
+        let trainer = Trainer::new(params, rng, device, dtype, budget.clone());
+        budget.check(trainer.resident_bytes(), |need| {
+            let c = config;
+            format!(
+                "memoryNetwork with vocabSize {}, embedDim {}, hops {}, memorySize {} needs {need} of parameters",
+                c.vocab_size, c.embed_dim, c.hops, c.memory_size
+            )
+        })?;
+        Ok(MemoryNetwork { config: config.clone(), layout, trainer, linear: false })
+    }
+
+    /// The parameters, named after the paper, from the seeded generator (or only planned, in a dry run).
+    fn assemble(config: &MemoryNetworkConfig, device: &Device, mut params: Params) -> Result<(Layout, Params, Rng)> {
         let op = "memoryNetwork";
         check_positive(op, "vocabSize", config.vocab_size)?;
         check_positive(op, "sentenceLen", config.sentence_len)?;
@@ -147,13 +182,9 @@ impl MemoryNetwork {
         }
         let dtype = config.dtype.dtype();
         let mut rng = Rng::new(config.seed);
-        let mut params = Params::default();
         let (v, d, m, k) = (config.vocab_size, config.embed_dim, config.memory_size, config.hops);
-        let mut add = |name: String, shape: &[usize]| -> Result<usize> {
-            let n: usize = shape.iter().product();
-            let vals: Vec<f64> = (0..n).map(|_| 0.1 * rng.normal()).collect();
-            params.add(name, Tensor::from_vec(vals, shape, device)?.to_dtype(dtype)?)
-        };
+        let mut b = Builder { params: &mut params, rng: &mut rng, dtype, device, prefix: String::new() };
+        let mut add = |name: String, shape: &[usize]| -> Result<usize> { b.normal_std(&name, shape, 0.1) };
         let te = config.temporal_encoding;
         let layout = match config.weight_tying {
             WeightTying::Adjacent => {
@@ -193,7 +224,7 @@ impl MemoryNetwork {
                 Layout { b, a: vec![a; k], c: vec![c; k], ta, tc, w, h: Some(h) }
             }
         };
-        Ok(MemoryNetwork { config, layout, trainer: Trainer::new(params, rng, device, dtype), linear: false })
+        Ok((layout, params, rng))
     }
 
     pub fn config(&self) -> &MemoryNetworkConfig {
@@ -221,12 +252,33 @@ impl MemoryNetwork {
         self.trainer.compile(spec)
     }
 
+    /// Fails unless a call on `stories [B, M, S]` fits the memory budget: per hop, the story words' embeddings
+    /// and weights for A and C (`B*M*S*d` each, kept for the backward in training), the memories and outputs
+    /// (`B*M*d`), and the answer logits (`B*V`).
+    fn check_memory(&self, op: &str, stories: &HostTensor, training: bool) -> Result<()> {
+        if self.trainer.params.is_dry() {
+            return Err(Error::State(format!("{op}: the model has no weights yet (a plan)")));
+        }
+        let c = &self.config;
+        let e = |n: u64| Bytes::of(n, self.trainer.dtype.size_in_bytes());
+        let b = stories.shape.first().copied().unwrap_or(1) as u64;
+        let (m, s, d) = (c.memory_size as u64, c.sentence_len as u64, c.embed_dim as u64);
+        let words = e(b.saturating_mul(m).saturating_mul(s).saturating_mul(d));
+        let per_hop = words * 4 + e(b.saturating_mul(m).saturating_mul(d)) * 6;
+        let hops = per_hop * (c.hops as u64 + 1);
+        let logits = e(b.saturating_mul(c.vocab_size as u64)) * 3;
+        let input = Bytes::of(memory::elems(&stories.shape), 8);
+        let working = if training { hops * 3 + logits + input } else { per_hop * 2 + logits + input };
+        self.trainer.check_call(working.get(), training, || format!("{op} on stories of shape {:?}", stories.shape))
+    }
+
     fn net(&self) -> Net<'_> {
         Net { config: &self.config, layout: &self.layout, linear: self.linear, device: &self.trainer.device }
     }
 
     /// Answer logits `[batch, vocab_size]` in inference mode.
     pub fn predict(&self, stories: &HostTensor, queries: &HostTensor) -> Result<HostTensor> {
+        self.check_memory("predict", stories, false)?;
         let net = self.net();
         let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
         HostTensor::from_tensor(&self.trainer.infer(|p, _| Ok(net.forward(&batch, p)?.0))?)
@@ -234,6 +286,7 @@ impl MemoryNetwork {
 
     /// Each hop's attention over the memory slots, `[hops, batch, memory_size]` (zero on empty slots).
     pub fn attention(&self, stories: &HostTensor, queries: &HostTensor) -> Result<HostTensor> {
+        self.check_memory("attention", stories, false)?;
         let net = self.net();
         let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
         let mut hops = None;
@@ -259,6 +312,7 @@ impl MemoryNetwork {
     pub fn evaluate(&self, stories: &HostTensor, queries: &HostTensor, answers: &HostTensor) -> Result<Evaluation> {
         self.trainer.loss_spec()?;
         check_batch(stories, answers)?;
+        self.check_memory("evaluate", stories, false)?;
         let net = self.net();
         let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
         self.trainer.evaluate(answers, |p, _| Ok(net.forward(&batch, p)?.0))
@@ -272,6 +326,7 @@ impl MemoryNetwork {
         answers: &HostTensor,
     ) -> Result<(f64, Vec<Tensor>)> {
         self.trainer.loss_spec()?;
+        self.check_memory("trainStep", stories, true)?;
         check_batch(stories, answers)?;
         let MemoryNetwork { config, layout, trainer, linear } = self;
         let device = trainer.device.clone();
@@ -291,6 +346,7 @@ impl MemoryNetwork {
         answers: &HostTensor,
     ) -> Result<StepOutput> {
         self.trainer.loss_spec()?;
+        self.check_memory("trainStep", stories, true)?;
         check_batch(stories, answers)?;
         let MemoryNetwork { config, layout, trainer, linear } = self;
         let device = trainer.device.clone();

@@ -16,10 +16,13 @@ use crate::layers::{
     Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerNorm, LayerSpec, MultiHeadAttention, Params,
     PositionalEncoding, Recurrent, RecurrentState, TransformerBlock,
 };
+use crate::memory::{self, Budget, Bytes};
 use crate::rng::Rng;
 use crate::train::Trainer;
 use crate::train::trainer::check_batch;
 pub use crate::train::{CompileConfig, Evaluation, StepOutput};
+
+mod working;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -106,12 +109,53 @@ impl Sequential {
     }
 
     pub fn new_on(config: SequentialConfig, device: &Device) -> Result<Self> {
+        Self::new_with(config, device, &Budget::global())
+    }
+
+    /// Builds the model once a dry run (shapes only, nothing allocated) has shown that its parameters fit
+    /// `budget`; the budget then also bounds its optimizer state and the memory of each call.
+    pub fn new_with(config: SequentialConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        Self::plan(&config, device, budget)?;
+        let (nodes, params, rng) = Self::assemble(&config, device, Params::default(), None)?;
+        let dtype = config.dtype.dtype();
+        Ok(Sequential { config, nodes, trainer: Trainer::new(params, rng, device, dtype, budget.clone()) })
+    }
+
+    /// The model as a dry run: every check of the spec, the layers and their parameter shapes, and the memory
+    /// check against `budget`, with nothing allocated. It answers [`Sequential::summary`],
+    /// [`Sequential::param_count`] and [`Sequential::resident_bytes`]; every other call fails.
+    pub fn plan(config: &SequentialConfig, device: &Device, budget: &Budget) -> Result<Self> {
+        let (nodes, params, rng) = Self::assemble(config, device, Params::dry(), Some(budget))?;
+        let dtype = config.dtype.dtype();
+        Ok(Sequential {
+            config: config.clone(),
+            nodes,
+            trainer: Trainer::new(params, rng, device, dtype, budget.clone()),
+        })
+    }
+
+    /// Whether this is a [`Sequential::plan`] without weights.
+    pub fn is_plan(&self) -> bool {
+        self.trainer.params.is_dry()
+    }
+
+    /// Bytes the model keeps: parameters and lasting tables (not optimizer state).
+    pub fn resident_bytes(&self) -> u64 {
+        self.trainer.resident_bytes()
+    }
+
+    /// The layers and their parameters, in a dry run (`budget` given: checked layer by layer) or for real.
+    fn assemble(
+        config: &SequentialConfig,
+        device: &Device,
+        mut params: Params,
+        budget: Option<&Budget>,
+    ) -> Result<(Vec<Node>, Params, Rng)> {
         if config.layers.is_empty() {
             return Err(Error::Range("sequential: a model needs at least one layer".into()));
         }
         let dtype = config.dtype.dtype();
         let mut rng = Rng::new(config.seed);
-        let mut params = Params::default();
         let mut nodes = Vec::with_capacity(config.layers.len());
         let mut flow: Option<Flow> = None;
         let mut names = Vec::new();
@@ -128,6 +172,7 @@ impl Sequential {
             }
             names.push(name.clone());
             let before = params.len();
+            let resident_before = params.resident_elems();
             let mut b = Builder { params: &mut params, rng: &mut rng, dtype, device, prefix: name.clone() };
             let here = format!("layer {i} ({})", spec.type_name());
             let (layer, out) = match spec {
@@ -190,10 +235,23 @@ impl Sequential {
                     (Layer::Block(l), Flow::Features { size: Some(d), seq: Some(true) })
                 }
             };
+            if let Some(budget) = budget {
+                let size = dtype.size_in_bytes();
+                let total = Bytes::of(params.resident_elems(), size).get();
+                let own = Bytes::of(params.resident_elems().saturating_sub(resident_before), size);
+                budget.check(total, |need| {
+                    format!(
+                        "{here}{} needs {} of parameters, which brings the model to {need} (and training with \
+                         Adam to about 4 times that)",
+                        size_options(spec),
+                        memory::format_bytes(own.get())
+                    )
+                })?;
+            }
             nodes.push(Node { name, kind: spec.type_name(), layer, out, n_params: params.len() - before });
             flow = Some(out);
         }
-        Ok(Sequential { config, nodes, trainer: Trainer::new(params, rng, device, dtype) })
+        Ok((nodes, params, rng))
     }
 
     pub fn config(&self) -> &SequentialConfig {
@@ -353,10 +411,29 @@ impl Sequential {
         Ok(Prepared { x: self.input_tensor(input.x)?, lengths: self.lengths(input)?, states: self.states(states)? })
     }
 
+    /// The estimated peak bytes a call on `x` allocates on top of what the model holds (`training`: a
+    /// `train_step`, else `predict`): what the memory budget is checked against.
+    pub fn working_memory(&self, x: &HostTensor, training: bool) -> u64 {
+        self.trainer.call_extra(self.working_bytes(x, training), training)
+    }
+
+    /// Fails unless a call on `x` fits the memory budget (and the model has weights).
+    fn check_memory(&self, op: &str, x: &HostTensor, training: bool) -> Result<()> {
+        if self.is_plan() {
+            return Err(Error::State(format!("{op}: the model has no weights yet (a plan)")));
+        }
+        let working = self.working_bytes(x, training);
+        self.trainer.check_call(working, training, || format!("{op} on a batch of shape {:?}", x.shape))
+    }
+
     /// Inference: the model's output for `x`, no dropout, no graph kept.
     pub fn predict<'a>(&self, x: impl Into<Input<'a>>, states: &[InitialState]) -> Result<HostTensor> {
-        let b = self.prepare(x.into(), states)?;
-        HostTensor::from_tensor(&self.trainer.infer(|p, ctx| forward_nodes(&self.nodes, &b, p, ctx))?)
+        let x = x.into();
+        self.check_memory("predict", x.x, false)?;
+        let b = self.prepare(x, states)?;
+        self.keeping_states(|m| {
+            HostTensor::from_tensor(&m.trainer.infer(|p, ctx| forward_nodes(&m.nodes, &b, p, ctx))?)
+        })
     }
 
     /// The compiled loss of the model's output (inference mode) against `y`.
@@ -364,8 +441,9 @@ impl Sequential {
         let x = x.into();
         self.trainer.loss_spec()?;
         check_batch(x.x, y)?;
+        self.check_memory("evaluate", x.x, false)?;
         let b = self.prepare(x, states)?;
-        self.trainer.evaluate(y, |p, ctx| forward_nodes(&self.nodes, &b, p, ctx))
+        self.keeping_states(|m| m.trainer.evaluate(y, |p, ctx| forward_nodes(&m.nodes, &b, p, ctx)))
     }
 
     /// Loss and gradient of every parameter for one batch in training mode, without an update.
@@ -379,6 +457,7 @@ impl Sequential {
         let x = x.into();
         self.trainer.loss_spec()?;
         check_batch(x.x, y)?;
+        self.check_memory("trainStep", x.x, true)?;
         let b = self.prepare(x, states)?;
         let Sequential { trainer, nodes, .. } = self;
         trainer.gradients(y, |p, ctx| forward_nodes(nodes, &b, p, ctx))
@@ -394,15 +473,23 @@ impl Sequential {
         let x = x.into();
         self.trainer.loss_spec()?;
         check_batch(x.x, y)?;
+        self.check_memory("trainStep", x.x, true)?;
         let b = self.prepare(x, states)?;
+        let snapshot = self.carried_states();
         let Sequential { trainer, nodes, .. } = self;
-        trainer.train_step(y, |p, ctx| forward_nodes(nodes, &b, p, ctx))
+        let out = trainer.train_step(y, |p, ctx| forward_nodes(nodes, &b, p, ctx));
+        if out.is_err() {
+            self.restore_states(snapshot);
+        }
+        out
     }
 
     /// Every attention layer's probabilities for `x` in inference, `[batch, nHeads, seqLen, seqLen]`, by layer
     /// name (a `transformerBlock`'s are its self-attention's).
     pub fn attention_weights<'a>(&self, x: impl Into<Input<'a>>) -> Result<Vec<(String, HostTensor)>> {
-        let b = self.prepare(x.into(), &[])?;
+        let x = x.into();
+        self.check_memory("attentionWeights", x.x, false)?;
+        let b = self.prepare(x, &[])?;
         let mut all = Vec::new();
         self.trainer.infer(|p, ctx| run_nodes(&self.nodes, &b, p, ctx, None, Some(&mut all)))?;
         if all.is_empty() {
@@ -467,6 +554,7 @@ impl Sequential {
         if cfg.top_k == Some(0) {
             return Err(Error::Range("generate: topK must be a positive integer".into()));
         }
+        self.check_generate(prompt.len(), window, cfg.max_tokens)?;
         let mut rng = Rng::new(cfg.seed);
         let mut tokens = prompt.to_vec();
         let mut out = Vec::with_capacity(cfg.max_tokens);
@@ -482,6 +570,7 @@ impl Sequential {
         let start = tokens.len().saturating_sub(window);
         let mut logits = run(&tokens[start..], &mut cache)?;
         while out.len() < cfg.max_tokens {
+            crate::cancel::check("generate")?;
             let next = sample(&logits, cfg, &mut rng) as i32;
             out.push(next);
             tokens.push(next);
@@ -497,6 +586,53 @@ impl Sequential {
             }
         }
         Ok(out)
+    }
+
+    /// Fails unless generating `max_tokens` after a prompt of `prompt` ids fits the memory budget: the ids kept
+    /// (prompt and output), each attention layer's cache of keys and values over the window (grown by
+    /// concatenation, so twice), and a forward over the window.
+    fn check_generate(&self, prompt: usize, window: usize, max_tokens: usize) -> Result<()> {
+        let size = self.dtype().size_in_bytes();
+        let window = window.min(prompt.saturating_add(max_tokens)).max(1);
+        let ids = Bytes::of((prompt as u64).saturating_add(max_tokens as u64), 4) * 2;
+        let mut cache = Bytes(0);
+        for node in &self.nodes {
+            if let Layer::Attention(a) = &node.layer {
+                cache += Bytes::of(window as u64 * a.d_model as u64, size) * 4;
+            } else if let Layer::Block(b) = &node.layer {
+                cache += Bytes::of(window as u64 * b.d_model as u64, size) * 4;
+            }
+        }
+        let x = HostTensor { data: HostData::I32(Vec::new()), shape: vec![1, window] };
+        let working = ids + cache + Bytes(self.working_bytes(&x, false));
+        self.trainer.check_call(working.get(), false, || format!("generate of {max_tokens} tokens"))
+    }
+
+    /// What `stateful` layers carry, per layer.
+    fn carried_states(&self) -> Vec<Option<RecurrentState>> {
+        self.nodes
+            .iter()
+            .map(|n| if let Layer::Recurrent(l) = &n.layer { l.carried_snapshot() } else { None })
+            .collect()
+    }
+
+    fn restore_states(&self, states: Vec<Option<RecurrentState>>) {
+        for (node, s) in self.nodes.iter().zip(states) {
+            if let Layer::Recurrent(l) = &node.layer {
+                l.restore_state(s);
+            }
+        }
+    }
+
+    /// Runs `f`; when it fails (cancelled, a loss that is not finite ...), `stateful` layers keep the state
+    /// they had before it.
+    fn keeping_states<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        let snapshot = self.carried_states();
+        let out = f(self);
+        if out.is_err() {
+            self.restore_states(snapshot);
+        }
+        out
     }
 
     /// Clears the state that `stateful` recurrent layers carry from call to call.
@@ -522,9 +658,9 @@ impl Sequential {
     pub fn summary(&self) -> String {
         let mut rows = vec![("Layer".to_string(), "Type".to_string(), "Output".to_string(), "Params".to_string())];
         let mut offset = 0;
+        let shapes = self.trainer.params.shapes();
         for node in &self.nodes {
-            let count: usize =
-                self.trainer.params.entries[offset..offset + node.n_params].iter().map(|(_, v)| v.elem_count()).sum();
+            let count: u64 = shapes[offset..offset + node.n_params].iter().map(|(_, s)| memory::elems(s)).sum();
             offset += node.n_params;
             let out = match node.out {
                 Flow::Features { size: Some(s), seq: Some(true) } => format!("[batch, seqLen, {s}]"),
@@ -612,6 +748,7 @@ fn run_nodes(
     let want = weights.is_some();
     // Layers hold indices into the whole parameter list (see `Builder`), so each gets all of `p`.
     for (i, node) in nodes.iter().enumerate() {
+        crate::cancel::check("forward")?;
         let kv = cache.as_mut().map(|c| &mut c.kv[i]);
         let lengths = b.lengths.as_ref();
         let (out, w) = match &node.layer {
@@ -738,4 +875,11 @@ fn input_size(here: &str, flow: Option<Flow>, given: Option<usize>) -> Result<us
         ))),
         _ => Err(Error::Type(format!("{here}: cannot infer the input size; give inputSize"))),
     }
+}
+
+/// A layer's integer options as ` with hiddenSize 100000, numLayers 1`, for messages about its size.
+fn size_options(spec: &LayerSpec) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(spec) else { return String::new() };
+    let sizes: Vec<String> = fields.iter().filter_map(|(k, v)| v.as_u64().map(|n| format!("{k} {n}"))).collect();
+    if sizes.is_empty() { String::new() } else { format!(" with {}", sizes.join(", ")) }
 }

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::host::HostTensor;
+use crate::kernels::with_host;
 use crate::layers::{ForwardCtx, Params};
+use crate::memory::{self, Budget, Bytes};
 use crate::rng::Rng;
-use crate::train::{LossSpec, Optimizer, OptimizerConfig, OptimizerSpec, Tally};
+use crate::train::{LossSpec, Optimizer, OptimizerConfig, OptimizerKind, OptimizerSpec, Tally};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -57,13 +59,81 @@ pub struct Trainer {
     pub(crate) device: Device,
     pub(crate) dtype: DType,
     compiled: Option<Compiled>,
+    /// What the model may use: parameters, optimizer state and the working memory of each call.
+    budget: Budget,
 }
 
 const NOT_COMPILED: &str = "the model is not compiled: call compile({ optimizer, loss }) first";
 
 impl Trainer {
-    pub(crate) fn new(params: Params, rng: Rng, device: &Device, dtype: DType) -> Self {
-        Trainer { params, rng, device: device.clone(), dtype, compiled: None }
+    pub(crate) fn new(params: Params, rng: Rng, device: &Device, dtype: DType, budget: Budget) -> Self {
+        Trainer { params, rng, device: device.clone(), dtype, compiled: None, budget }
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Bytes of the parameters and the model's other lasting tensors.
+    pub fn resident_bytes(&self) -> u64 {
+        Bytes::of(self.params.resident_elems(), self.dtype.size_in_bytes()).get()
+    }
+
+    /// Bytes of the optimizer's state (Adam's two moments, SGD's momentum): none until its first step.
+    pub fn optimizer_bytes(&self) -> u64 {
+        match &self.compiled {
+            Some(c) if c.optimizer.step > 0 => self.optimizer_bytes_for(&c.optimizer.config),
+            _ => 0,
+        }
+    }
+
+    fn optimizer_bytes_for(&self, c: &OptimizerConfig) -> u64 {
+        let slots = match c.kind {
+            OptimizerKind::Adam | OptimizerKind::AdamW => 2,
+            OptimizerKind::Sgd if c.momentum != 0.0 => 1,
+            OptimizerKind::Sgd => 0,
+        };
+        (Bytes::of(self.param_elems(), self.dtype.size_in_bytes()) * slots).get()
+    }
+
+    fn param_elems(&self) -> u64 {
+        self.params.shapes().iter().fold(0u64, |a, (_, s)| a.saturating_add(memory::elems(s)))
+    }
+
+    /// The optimizer's phase of a step, after the activations are freed: every gradient, and for the
+    /// parameter being updated its new value and new moments beside the old (measured: P + 3L, L the largest
+    /// parameter's bytes), plus the moments themselves on the first step, which creates them.
+    fn update_bytes(&self, config: &OptimizerConfig, first: bool) -> u64 {
+        let size = self.dtype.size_in_bytes();
+        let new_moments = if first { self.optimizer_bytes_for(config) } else { 0 };
+        let phase = Bytes::of(self.param_elems(), size) + Bytes::of(self.params.largest_elems(), size) * 3;
+        (phase + Bytes(new_moments)).get()
+    }
+
+    /// What a call allocates beyond what the model holds: its `working` bytes or, in training, the update
+    /// phase if that is larger.
+    pub(crate) fn call_extra(&self, working: u64, training: bool) -> u64 {
+        let update = match (&self.compiled, training) {
+            (Some(c), true) => self.update_bytes(&c.optimizer.config, c.optimizer.step == 0),
+            _ => 0,
+        };
+        working.max(update)
+    }
+
+    /// Fails unless a call that needs `working` bytes on top of what the model holds fits the budget; `what`
+    /// names the call and its sizes (`trainStep on a batch of shape [64, 512]`). In training the update is a
+    /// phase of its own, so the step needs the larger of the two.
+    pub(crate) fn check_call(&self, working: u64, training: bool, what: impl FnOnce() -> String) -> Result<()> {
+        let held = Bytes(self.resident_bytes()) + Bytes(self.optimizer_bytes());
+        let extra = Bytes(self.call_extra(working, training));
+        self.budget.check((held + extra).get(), |n| {
+            format!(
+                "{} needs about {} of working memory, {n} with the {} the model holds",
+                what(),
+                memory::format_bytes(extra.get()),
+                memory::format_bytes(held.get())
+            )
+        })
     }
 
     pub fn params(&self) -> &Params {
@@ -71,7 +141,7 @@ impl Trainer {
     }
 
     pub fn param_count(&self) -> usize {
-        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+        usize::try_from(self.param_elems()).unwrap_or(usize::MAX)
     }
 
     pub fn compile(&mut self, spec: CompileConfig) -> Result<()> {
@@ -83,6 +153,16 @@ impl Trainer {
             return Err(Error::Range(format!("compile: the {name} metric needs the crossEntropy loss, not mse")));
         }
         let config = OptimizerConfig::from_spec(&spec.optimizer)?;
+        let need = Bytes(self.resident_bytes()) + Bytes(self.update_bytes(&config, true));
+        self.budget.check(need.get(), |n| {
+            format!(
+                "compile: training with {} needs at least {n} (parameters {}, optimizer state {}, and the gradients \
+                 and new values of an update), before any activations",
+                optimizer_name(config.kind),
+                memory::format_bytes(self.resident_bytes()),
+                memory::format_bytes(self.optimizer_bytes_for(&config))
+            )
+        })?;
         let names: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
         let optimizer = Optimizer::new(config, &names);
         self.compiled = Some(Compiled { loss: spec.loss.clone(), optimizer, spec });
@@ -147,16 +227,18 @@ impl Trainer {
         y: &HostTensor,
         forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
     ) -> Result<(f64, Vec<Tensor>)> {
-        let (loss, _, grads) = self.backward(y, forward)?;
+        let (loss, _, grads, rng) = self.backward(y, forward)?;
+        self.rng = rng;
         Ok((loss, grads))
     }
 
-    /// [`Trainer::gradients`] with the batch's tally.
+    /// [`Trainer::gradients`] with the batch's tally and the generator after the dropout masks, which the
+    /// caller commits once the step is sure to complete.
     fn backward(
         &mut self,
         y: &HostTensor,
         forward: impl FnOnce(&[Tensor], &mut ForwardCtx) -> Result<Tensor>,
-    ) -> Result<(f64, Tally, Vec<Tensor>)> {
+    ) -> Result<(f64, Tally, Vec<Tensor>, Rng)> {
         let loss_spec = self.loss_spec()?.clone();
         let p = self.params.tensors(true);
         // Draw dropout masks from a copy and commit it only once the step succeeded.
@@ -171,7 +253,9 @@ impl Trainer {
             )));
         }
         let tally = loss_spec.tally(&out, y)?;
+        crate::cancel::check("backward")?;
         let store = loss.backward()?;
+        crate::cancel::check("backward")?;
         let grads = self
             .params
             .iter()
@@ -180,8 +264,7 @@ impl Trainer {
                 None => Ok(v.as_tensor().zeros_like()?),
             })
             .collect::<Result<Vec<_>>>()?;
-        self.rng = rng;
-        Ok((value, tally, grads))
+        Ok((value, tally, grads, rng))
     }
 
     /// One training step around `forward`: loss, backward, clipping, update.
@@ -193,7 +276,10 @@ impl Trainer {
         if self.compiled.is_none() {
             return Err(Error::State(NOT_COMPILED.into()));
         }
-        let (loss, tally, mut grads) = self.backward(y, forward)?;
+        let (loss, tally, mut grads, rng) = self.backward(y, forward)?;
+        // The last look: once the update starts it runs to the end, so a step is taken whole or not at all.
+        crate::cancel::check("trainStep")?;
+        self.rng = rng;
         let vars: Vec<&Var> = self.params.entries.iter().map(|(_, v)| v).collect();
         let c = self.compiled.as_mut().ok_or_else(|| Error::State(NOT_COMPILED.into()))?;
         let grad_norm = c.optimizer.clip(&mut grads)?;
@@ -233,6 +319,41 @@ impl Trainer {
         Ok(())
     }
 
+    /// [`Trainer::set_weights`] from tensors already in memory (a checkpoint's), strictly: every parameter
+    /// must be given with its shape and finite values. The tensors are converted in place of a host copy, so
+    /// loading holds the file's tensors and the model, not a third copy.
+    pub(crate) fn set_tensors(&mut self, weights: &[(&str, &Tensor)]) -> Result<()> {
+        let mut staged = Vec::with_capacity(weights.len());
+        for (name, t) in weights {
+            let var = self.params.get(name).ok_or_else(|| {
+                let known: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
+                Error::Range(format!("the model has no parameter {name:?}; it has {known:?}"))
+            })?;
+            if t.dims() != var.dims() {
+                return Err(Error::shape("setWeights", name.to_string(), format!("{:?}", var.dims()), t.dims()));
+            }
+            let t = t.to_dtype(self.dtype)?.to_device(&self.device)?;
+            let finite = match (t.device().is_cpu(), t.dtype()) {
+                (true, DType::F32) => with_host(&t, |v: &[f32]| v.iter().all(|x| x.is_finite()))?,
+                (true, DType::F64) => with_host(&t, |v: &[f64]| v.iter().all(|x| x.is_finite()))?,
+                _ => t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?.is_finite(),
+            };
+            if !finite {
+                return Err(Error::Range(format!("{name}: values must be finite")));
+            }
+            staged.push((var, t));
+        }
+        let missing: Vec<&str> =
+            self.params.iter().map(|(n, _)| n).filter(|n| !weights.iter().any(|(w, _)| w == n)).collect();
+        if !missing.is_empty() {
+            return Err(Error::Range(format!("missing parameters {missing:?}")));
+        }
+        for (var, t) in staged {
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
     pub fn rng_state(&self) -> [u64; 4] {
         self.rng.state()
     }
@@ -247,6 +368,14 @@ impl Trainer {
 
     pub(crate) fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
         self.compiled.as_mut().map(|c| &mut c.optimizer)
+    }
+}
+
+fn optimizer_name(k: OptimizerKind) -> &'static str {
+    match k {
+        OptimizerKind::Sgd => "sgd",
+        OptimizerKind::Adam => "adam",
+        OptimizerKind::AdamW => "adamw",
     }
 }
 

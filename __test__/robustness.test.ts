@@ -1,0 +1,232 @@
+import { mkdirSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  AbortError,
+  layers,
+  load,
+  memoryBudget,
+  optimizers,
+  sequential,
+  sequentialAsync,
+  setMemoryBudget,
+  tensor,
+  type Model,
+} from '../src/index.js';
+import { tempDir } from './helpers.js';
+
+const ids = (b: number, t: number, v = 1) => tensor(new Int32Array(b * t).map((_, i) => (i * 7 + v) % 10), [b, t]);
+
+function lstmModel(hidden = 16): Model {
+  const m = sequential(
+    [layers.embedding({ vocabSize: 10, dim: 8 }), layers.lstm({ hiddenSize: hidden, returnSequences: true }), layers.dense({ units: 10 })],
+    { seed: 2 },
+  );
+  m.compile({ optimizer: optimizers.adam(), loss: 'crossEntropy' });
+  return m;
+}
+
+function decoder(maxMemory?: string): Model {
+  const m = sequential(
+    [
+      layers.embedding({ vocabSize: 10, dim: 16 }),
+      layers.positionalEncoding({ maxLen: 4096 }),
+      layers.transformerBlock({ dModel: 16, nHeads: 2, causal: true, dropout: 0 }),
+      layers.dense({ units: 10 }),
+    ],
+    { seed: 5, maxMemory },
+  );
+  m.compile({ optimizer: optimizers.adam(), loss: 'crossEntropy' });
+  return m;
+}
+
+function bits(m: Model): number[] {
+  return Object.values(m.getWeights()).flatMap((t) => Array.from(new Uint32Array(new Float32Array(t.data).buffer)));
+}
+
+async function rejection(p: Promise<unknown>): Promise<Error> {
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e, 'the call should have been rejected').toBeInstanceOf(Error);
+  return e as Error;
+}
+
+afterEach(() => setMemoryBudget(undefined));
+
+describe('sizes that do not fit are refused before they are allocated', () => {
+  it('names the layer, its sizes, the estimate and the budget', () => {
+    setMemoryBudget('12GiB');
+    const f = () => sequential([layers.lstm({ inputSize: 8, hiddenSize: 100000 })]);
+    expect(f).toThrow(RangeError);
+    expect(f).toThrow(/layer 0 \(lstm\) with hiddenSize 100000.*needs 149 GiB of parameters.*the memory budget is 12\.0 GiB \(set by setMemoryBudget\)/);
+  });
+
+  it('refuses a huge positional table, and sizes whose product overflows', () => {
+    expect(() => sequential([layers.positionalEncoding({ inputSize: 16, maxLen: 2 ** 31 - 1 })])).toThrow(/positionalEncoding.*memory budget/);
+    const e = (() => {
+      try {
+        sequential([layers.embedding({ vocabSize: 2 ** 40, dim: 2 ** 20 })]);
+      } catch (err) {
+        return err as Error;
+      }
+    })();
+    expect(e).toBeInstanceOf(RangeError);
+    expect(e?.message).toMatch(/layer 0 \(embedding\) with dim 1048576, vocabSize 1099511627776 needs 4\.00 EiB/);
+    expect(e?.message).not.toMatch(/capacity overflow/);
+  });
+
+  it('takes ENGRAM_MAX_MEMORY and a per-model maxMemory', () => {
+    process.env.ENGRAM_MAX_MEMORY = '1MiB';
+    try {
+      expect(memoryBudget()).toEqual({ bytes: 2 ** 20, source: 'ENGRAM_MAX_MEMORY' });
+      expect(() => sequential([layers.embedding({ vocabSize: 1000, dim: 1000 })])).toThrow(/1\.00 MiB \(ENGRAM_MAX_MEMORY\)/);
+      expect(sequential([layers.embedding({ vocabSize: 1000, dim: 1000 })], { maxMemory: '64MiB' }).paramCount).toBe(1e6);
+      process.env.ENGRAM_MAX_MEMORY = 'lots';
+      expect(() => sequential([layers.dense({ inputSize: 2, units: 2 })])).toThrow(/ENGRAM_MAX_MEMORY must be a size/);
+    } finally {
+      delete process.env.ENGRAM_MAX_MEMORY;
+    }
+    expect(memoryBudget().source).toMatch(/half of this machine's/);
+    expect(() => sequential([layers.dense({ inputSize: 2, units: 2 })], { maxMemory: -5 })).toThrow(RangeError);
+    expect(() => sequential([layers.dense({ inputSize: 2, units: 2 })], { maxMemory: {} as never })).toThrow(TypeError);
+  });
+
+  it('refuses a call whose activations do not fit, and the model stays usable', async () => {
+    // Attention over 2048 positions: 4 x 2 heads x 2048^2 probabilities, 128 MiB alone.
+    const m = decoder('64MiB');
+    const err = await rejection(m.predict(ids(4, 2048)));
+    expect(err).toBeInstanceOf(RangeError);
+    expect(err.message).toMatch(/predict on a batch of shape \[4, 2048\] needs about .* of working memory/);
+    const long = await rejection(m.trainStep(ids(4, 2048), ids(4, 2048)));
+    expect(long.message).toMatch(/trainStep on a batch of shape \[4, 2048\]/);
+    expect((await m.trainStep(ids(2, 8), ids(2, 8))).loss).toBeGreaterThan(0);
+  });
+
+  it('refuses to generate more tokens than fit', async () => {
+    const m = decoder('64MiB');
+    const err = await rejection(m.generate([1, 2], { maxTokens: 1e9 }));
+    expect(err).toBeInstanceOf(RangeError);
+    expect(err.message).toMatch(/generate of 1000000000 tokens/);
+  });
+
+  it('builds large models off the event loop only', async () => {
+    const spec = [layers.embedding({ vocabSize: 2 ** 20, dim: 32 })];
+    expect(() => sequential(spec)).toThrow(/initialising them would hold the event loop, so build it with await sequentialAsync/);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    const m = await sequentialAsync(spec, { seed: 1 });
+    clearInterval(timer);
+    expect(m.paramCount).toBe(2 ** 25);
+    expect(ticks).toBeGreaterThan(0);
+    // The same seed builds the same weights either way.
+    const small = [layers.embedding({ vocabSize: 50, dim: 4 })];
+    expect(bits(await sequentialAsync(small, { seed: 9 }))).toEqual(bits(sequential(small, { seed: 9 })));
+  });
+});
+
+describe('cancellation', () => {
+  it('an aborted trainStep rejects with an AbortError and leaves the weights as they were', async () => {
+    const m = lstmModel(256);
+    const before = bits(m);
+    const ac = new AbortController();
+    const p = m.trainStep(ids(32, 2000), ids(32, 2000), { signal: ac.signal });
+    setTimeout(() => ac.abort(new Error('enough')), 20);
+    const err = await rejection(p);
+    expect(err).toBeInstanceOf(AbortError);
+    expect(err.name).toBe('AbortError');
+    expect((err as AbortError).code).toBe('ABORT_ERR');
+    expect((err.cause as Error).message).toBe('enough');
+    expect(bits(m)).toEqual(before);
+    expect(m.step).toBe(0);
+    expect((await m.trainStep(ids(2, 4), ids(2, 4))).loss).toBeGreaterThan(0);
+  });
+
+  it('an already aborted signal, or one that aborts while the call waits, rejects at once', async () => {
+    const m = lstmModel();
+    await expect(m.predict(ids(2, 3), { signal: AbortSignal.abort() })).rejects.toBeInstanceOf(AbortError);
+    const ac = new AbortController();
+    const first = m.trainStep(ids(2, 3), ids(2, 3));
+    const queued = m.trainStep(ids(2, 3), ids(2, 3), { signal: ac.signal });
+    ac.abort();
+    await expect(queued).rejects.toBeInstanceOf(AbortError);
+    await first;
+    expect(m.step).toBe(1);
+    await expect(m.trainStep(ids(2, 3), ids(2, 3), { signal: 'stop' as never })).rejects.toThrow(/signal must be an AbortSignal/);
+  });
+
+  it('generate of very many tokens stops when aborted', async () => {
+    const m = decoder();
+    const ac = new AbortController();
+    const p = m.generate([1, 2], { maxTokens: 1e7, signal: ac.signal });
+    setTimeout(() => ac.abort(), 30);
+    expect(await rejection(p)).toBeInstanceOf(AbortError);
+    expect((await m.generate([1], { maxTokens: 3, temperature: 0 })).length).toBe(3);
+  });
+
+  it('dispose cancels the call in flight', async () => {
+    const m = decoder();
+    const p = m.generate([1, 2], { maxTokens: 1e7 });
+    await new Promise((r) => setTimeout(r, 20));
+    m.dispose();
+    const err = await rejection(p);
+    expect(err).toBeInstanceOf(AbortError);
+    expect(err.message).toMatch(/disposed/);
+    await expect(m.predict(ids(1, 2))).rejects.toThrow(/disposed/);
+  });
+
+  it('fit stopped by its signal resolves with the history of the epochs that finished', async () => {
+    const m = lstmModel();
+    const ac = new AbortController();
+    const h = await m.fit(ids(64, 6), ids(64, 6), {
+      epochs: 1000,
+      batchSize: 8,
+      verbose: 0,
+      signal: ac.signal,
+      callbacks: { onEpochEnd: (epoch) => (epoch === 2 ? ac.abort() : undefined) },
+    });
+    expect(h.aborted).toBe(true);
+    expect(h.epoch).toEqual([0, 1, 2]);
+    expect(m.step).toBe(24);
+  });
+
+  it('an aborted save leaves the file as it was, and no temporary file', async () => {
+    const dir = tempDir();
+    const path = join(dir, 'm.safetensors');
+    const m = lstmModel();
+    await m.save(path);
+    await expect(m.save(path, { signal: AbortSignal.abort() })).rejects.toBeInstanceOf(AbortError);
+    expect(readdirSync(dir)).toEqual(['m.safetensors']);
+    expect((await load(path)).paramCount).toBe(m.paramCount);
+  });
+});
+
+describe('errors name what went wrong', () => {
+  it('a property of the wrong type is a TypeError naming it', () => {
+    const m = lstmModel();
+    for (const bad of ['3', null, {}]) {
+      expect(() => {
+        m.learningRate = bad as never;
+      }).toThrow(/^learningRate must be a number/);
+    }
+    expect(() => m.setWeights({}, { strict: 'yes' as never })).toThrow(TypeError);
+  });
+
+  it('file errors carry the code and the path, as fs errors do', async () => {
+    const m = lstmModel();
+    const missing = '/no/such/dir/m.safetensors';
+    const e = (await rejection(m.save(missing))) as NodeJS.ErrnoException;
+    expect(e.code).toBe('ENOENT');
+    expect(e.path).toBe(missing);
+    expect(e.message).toBe(`save ${missing}: No such file or directory (ENOENT)`);
+    const dir = tempDir();
+    mkdirSync(join(dir, 'folder'));
+    const isDir = (await rejection(m.save(join(dir, 'folder')))) as NodeJS.ErrnoException;
+    expect(isDir.code).toBe('EISDIR');
+    const notThere = (await rejection(load(join(dir, 'nothing.safetensors')))) as NodeJS.ErrnoException;
+    expect(notThere.code).toBe('ENOENT');
+    expect(notThere.message).toMatch(/^load .*nothing\.safetensors: No such file or directory/);
+    expect(((await rejection(load(join(dir, 'folder')))) as NodeJS.ErrnoException).code).toBe('EISDIR');
+  });
+});
