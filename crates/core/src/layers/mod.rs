@@ -91,12 +91,23 @@ pub struct Params {
     planned: Option<Vec<(String, Vec<usize>)>>,
     /// Elements of tensors that are not parameters but live as long as the model (a sinusoidal table).
     buffer_elems: u64,
+    /// A dry run stops once its parameters pass this many elements (the budget), so that a spec with a
+    /// billion layers fails at once instead of planning them all.
+    limit_elems: u64,
 }
+
+/// Parameter tensors a model may have: far more than any real one, few enough to plan in a moment.
+const MAX_TENSORS: usize = 100_000;
 
 impl Params {
     /// Records shapes instead of allocating.
-    pub(crate) fn dry() -> Self {
-        Params { entries: Vec::new(), planned: Some(Vec::new()), buffer_elems: 0 }
+    pub(crate) fn dry(limit_elems: u64) -> Self {
+        Params { entries: Vec::new(), planned: Some(Vec::new()), buffer_elems: 0, limit_elems }
+    }
+
+    /// Whether a dry run stopped at its limit (see [`Params::plan`]).
+    pub(crate) fn over_limit(&self) -> bool {
+        self.is_dry() && self.resident_elems() > self.limit_elems
     }
 
     pub(crate) fn is_dry(&self) -> bool {
@@ -162,7 +173,13 @@ impl Params {
         if self.taken(&name) {
             return Err(Error::Type(format!("two parameters are named {name}: give the layers distinct names")));
         }
+        if self.resident_elems() > self.limit_elems {
+            return Err(Error::Memory("the model's parameters exceed the memory budget".into()));
+        }
         let planned = self.planned.get_or_insert_with(Vec::new);
+        if planned.len() >= MAX_TENSORS {
+            return Err(Error::Range(format!("a model may have at most {MAX_TENSORS} parameter tensors")));
+        }
         planned.push((name, shape.to_vec()));
         Ok(planned.len() - 1)
     }
@@ -282,6 +299,14 @@ pub(crate) fn check_rate(op: &str, what: &str, rate: f64) -> Result<()> {
 pub(crate) fn check_positive(op: &str, what: &str, v: usize) -> Result<()> {
     if v == 0 {
         return Err(Error::Range(format!("{op}: {what} must be a positive integer, got 0")));
+    }
+    Ok(())
+}
+
+/// A count (layers, hops) that loops run over while the model is planned: bounded so that planning stays quick.
+pub(crate) fn check_at_most(op: &str, what: &str, v: usize, max: usize) -> Result<()> {
+    if v > max {
+        return Err(Error::Range(format!("{op}: {what} must be at most {max}, got {v}")));
     }
     Ok(())
 }

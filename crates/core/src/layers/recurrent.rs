@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{Builder, ForwardCtx, check_positive, check_rate, dropout};
+use super::{Builder, ForwardCtx, check_at_most, check_positive, check_rate, dropout};
 use crate::error::{Error, Result};
 use crate::kernels::FinalState;
 use crate::kernels::projected::{Kind, projected};
@@ -145,6 +145,7 @@ impl Recurrent {
         };
         check_positive(kind, "hiddenSize", spec.hidden_size)?;
         check_positive(kind, "numLayers", spec.num_layers)?;
+        check_at_most(kind, "numLayers", spec.num_layers, 10_000)?;
         check_rate(&format!("{kind} dropout"), "rate", spec.dropout)?;
         if spec.stateful && spec.bidirectional {
             return Err(Error::Type(format!(

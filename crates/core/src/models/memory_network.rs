@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::host::{HostData, HostTensor};
 use crate::kernels::bag::weighted_bag;
-use crate::layers::{Builder, Params, check_positive};
+use crate::layers::{Builder, Params, check_at_most, check_positive};
 use crate::memory::{self, Budget, Bytes};
 use crate::models::Precision;
 use crate::rng::Rng;
@@ -156,7 +156,8 @@ impl MemoryNetwork {
 
     /// The network as a dry run (shapes only, checked against `budget`); see [`crate::Sequential::plan`].
     pub fn plan(config: &MemoryNetworkConfig, device: &Device, budget: &Budget) -> Result<Self> {
-        let (layout, params, rng) = Self::assemble(config, device, Params::dry())?;
+        let limit = budget.bytes / config.dtype.dtype().size_in_bytes() as u64;
+        let (layout, params, rng) = Self::assemble(config, device, Params::dry(limit))?;
         let dtype = config.dtype.dtype();
         let trainer = Trainer::new(params, rng, device, dtype, budget.clone());
         budget.check(trainer.resident_bytes(), |need| {
@@ -176,6 +177,7 @@ impl MemoryNetwork {
         check_positive(op, "sentenceLen", config.sentence_len)?;
         check_positive(op, "embedDim", config.embed_dim)?;
         check_positive(op, "hops", config.hops)?;
+        check_at_most(op, "hops", config.hops, 10_000)?;
         check_positive(op, "memorySize", config.memory_size)?;
         if !(0.0..1.0).contains(&config.random_noise) {
             return Err(Error::Range(format!("{op}: randomNoise must be in [0, 1), got {}", config.random_noise)));

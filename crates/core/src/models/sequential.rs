@@ -125,7 +125,8 @@ impl Sequential {
     /// check against `budget`, with nothing allocated. It answers [`Sequential::summary`],
     /// [`Sequential::param_count`] and [`Sequential::resident_bytes`]; every other call fails.
     pub fn plan(config: &SequentialConfig, device: &Device, budget: &Budget) -> Result<Self> {
-        let (nodes, params, rng) = Self::assemble(config, device, Params::dry(), Some(budget))?;
+        let limit = budget.bytes / config.dtype.dtype().size_in_bytes() as u64;
+        let (nodes, params, rng) = Self::assemble(config, device, Params::dry(limit), Some(budget))?;
         let dtype = config.dtype.dtype();
         Ok(Sequential {
             config: config.clone(),
@@ -175,66 +176,13 @@ impl Sequential {
             let resident_before = params.resident_elems();
             let mut b = Builder { params: &mut params, rng: &mut rng, dtype, device, prefix: name.clone() };
             let here = format!("layer {i} ({})", spec.type_name());
-            let (layer, out) = match spec {
-                LayerSpec::Embedding(s) => {
-                    if flow.is_some() {
-                        return Err(Error::Type(format!("{here}: an embedding must be the first layer")));
-                    }
-                    let e = Embedding::build(s, &mut b)?;
-                    let out = Flow::Features { size: Some(e.dim), seq: Some(true) };
-                    (Layer::Embedding(e), out)
-                }
-                LayerSpec::Dense(s) => {
-                    let size = input_size(&here, flow, s.input_size)?;
-                    let d = Dense::build(s, size, &mut b)?;
-                    let seq = match flow {
-                        Some(Flow::Features { seq, .. }) => seq,
-                        _ => None,
-                    };
-                    let out = Flow::Features { size: Some(d.units), seq };
-                    (Layer::Dense(d), out)
-                }
-                LayerSpec::Lstm(s) | LayerSpec::Gru(s) | LayerSpec::Rnn(s) => {
-                    let size = input_size(&here, flow, s.input_size)?;
-                    if let Some(Flow::Features { seq: Some(false), .. }) = flow {
-                        return Err(Error::Type(format!(
-                            "{here}: needs a sequence [batch, seqLen, features], but the layer before returns only \
-                             the last step (set returnSequences: true there)"
-                        )));
-                    }
-                    let l = Recurrent::build(spec.type_name(), s, size, &mut b)?;
-                    let out = Flow::Features { size: Some(l.output_size()), seq: Some(l.return_sequences) };
-                    (Layer::Recurrent(l), out)
-                }
-                LayerSpec::Dropout(s) => {
-                    let d = Dropout::build(s)?;
-                    (Layer::Dropout(d), flow.unwrap_or(Flow::Features { size: None, seq: None }))
-                }
-                LayerSpec::MultiHeadAttention(s) => {
-                    let d = sequence_size(&here, flow, s.d_model, "dModel")?;
-                    let l = MultiHeadAttention::from_spec(s, d, &mut b)?;
-                    (Layer::Attention(l), Flow::Features { size: Some(d), seq: Some(true) })
-                }
-                LayerSpec::PositionalEncoding(s) => {
-                    let d = sequence_size(&here, flow, s.input_size, "inputSize")?;
-                    let l = PositionalEncoding::build(s, d, &mut b)?;
-                    (Layer::Positional(l), Flow::Features { size: Some(d), seq: Some(true) })
-                }
-                LayerSpec::LayerNorm(s) => {
-                    let d = input_size(&here, flow, s.input_size)?;
-                    let l = LayerNorm::build("layerNorm", d, s.eps, &mut b)?;
-                    let seq = match flow {
-                        Some(Flow::Features { seq, .. }) => seq,
-                        _ => None,
-                    };
-                    (Layer::Norm(l), Flow::Features { size: Some(d), seq })
-                }
-                LayerSpec::TransformerBlock(s) => {
-                    let d = sequence_size(&here, flow, Some(s.d_model), "dModel")?;
-                    let l = TransformerBlock::build(s, &mut b)?;
-                    (Layer::Block(l), Flow::Features { size: Some(d), seq: Some(true) })
-                }
-            };
+            let built = Self::layer(spec, &here, flow, &mut b);
+            if let (Some(budget), true) = (budget, params.over_limit()) {
+                budget.check(u64::MAX, |_| {
+                    format!("{here}{} needs more parameters than the whole budget holds", size_options(spec))
+                })?;
+            }
+            let (layer, out) = built?;
             if let Some(budget) = budget {
                 let size = dtype.size_in_bytes();
                 let total = Bytes::of(params.resident_elems(), size).get();
@@ -252,6 +200,71 @@ impl Sequential {
             flow = Some(out);
         }
         Ok((nodes, params, rng))
+    }
+
+    /// One layer from its spec, given what flows into it (`b` plans or allocates its parameters).
+    fn layer(spec: &LayerSpec, here: &str, flow: Option<Flow>, b: &mut Builder) -> Result<(Layer, Flow)> {
+        let here = here.to_string();
+        Ok(match spec {
+            LayerSpec::Embedding(s) => {
+                if flow.is_some() {
+                    return Err(Error::Type(format!("{here}: an embedding must be the first layer")));
+                }
+                let e = Embedding::build(s, b)?;
+                let out = Flow::Features { size: Some(e.dim), seq: Some(true) };
+                (Layer::Embedding(e), out)
+            }
+            LayerSpec::Dense(s) => {
+                let size = input_size(&here, flow, s.input_size)?;
+                let d = Dense::build(s, size, b)?;
+                let seq = match flow {
+                    Some(Flow::Features { seq, .. }) => seq,
+                    _ => None,
+                };
+                let out = Flow::Features { size: Some(d.units), seq };
+                (Layer::Dense(d), out)
+            }
+            LayerSpec::Lstm(s) | LayerSpec::Gru(s) | LayerSpec::Rnn(s) => {
+                let size = input_size(&here, flow, s.input_size)?;
+                if let Some(Flow::Features { seq: Some(false), .. }) = flow {
+                    return Err(Error::Type(format!(
+                        "{here}: needs a sequence [batch, seqLen, features], but the layer before returns only \
+                         the last step (set returnSequences: true there)"
+                    )));
+                }
+                let l = Recurrent::build(spec.type_name(), s, size, b)?;
+                let out = Flow::Features { size: Some(l.output_size()), seq: Some(l.return_sequences) };
+                (Layer::Recurrent(l), out)
+            }
+            LayerSpec::Dropout(s) => {
+                let d = Dropout::build(s)?;
+                (Layer::Dropout(d), flow.unwrap_or(Flow::Features { size: None, seq: None }))
+            }
+            LayerSpec::MultiHeadAttention(s) => {
+                let d = sequence_size(&here, flow, s.d_model, "dModel")?;
+                let l = MultiHeadAttention::from_spec(s, d, b)?;
+                (Layer::Attention(l), Flow::Features { size: Some(d), seq: Some(true) })
+            }
+            LayerSpec::PositionalEncoding(s) => {
+                let d = sequence_size(&here, flow, s.input_size, "inputSize")?;
+                let l = PositionalEncoding::build(s, d, b)?;
+                (Layer::Positional(l), Flow::Features { size: Some(d), seq: Some(true) })
+            }
+            LayerSpec::LayerNorm(s) => {
+                let d = input_size(&here, flow, s.input_size)?;
+                let l = LayerNorm::build("layerNorm", d, s.eps, b)?;
+                let seq = match flow {
+                    Some(Flow::Features { seq, .. }) => seq,
+                    _ => None,
+                };
+                (Layer::Norm(l), Flow::Features { size: Some(d), seq })
+            }
+            LayerSpec::TransformerBlock(s) => {
+                let d = sequence_size(&here, flow, Some(s.d_model), "dModel")?;
+                let l = TransformerBlock::build(s, b)?;
+                (Layer::Block(l), Flow::Features { size: Some(d), seq: Some(true) })
+            }
+        })
     }
 
     pub fn config(&self) -> &SequentialConfig {
