@@ -60,7 +60,7 @@ describe('sizes that do not fit are refused before they are allocated', () => {
     setMemoryBudget('12GiB');
     const f = () => sequential([layers.lstm({ inputSize: 8, hiddenSize: 100000 })]);
     expect(f).toThrow(RangeError);
-    expect(f).toThrow(/layer 0 \(lstm\) with hiddenSize 100000.*needs 149 GiB of parameters.*the memory budget is 12\.0 GiB \(set by setMemoryBudget\)/);
+    expect(f).toThrow(/layer 0 \(lstm\) with hiddenSize 100000.* needs more parameters than the whole budget holds.*the memory budget is 12\.0 GiB \(set by setMemoryBudget\)/);
   });
 
   it('refuses a huge positional table, and sizes whose product overflows', () => {
@@ -73,7 +73,7 @@ describe('sizes that do not fit are refused before they are allocated', () => {
       }
     })();
     expect(e).toBeInstanceOf(RangeError);
-    expect(e?.message).toMatch(/layer 0 \(embedding\) with dim 1048576, vocabSize 1099511627776 needs 4\.00 EiB/);
+    expect(e?.message).toMatch(/layer 0 \(embedding\) with dim 1048576, vocabSize 1099511627776 needs more parameters than the whole budget/);
     expect(e?.message).not.toMatch(/capacity overflow/);
   });
 
