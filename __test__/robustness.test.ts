@@ -1,4 +1,7 @@
+import { pbkdf2 } from 'node:crypto';
 import { mkdirSync, readdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -174,6 +177,27 @@ describe('cancellation', () => {
     expect(err).toBeInstanceOf(AbortError);
     expect(err.message).toMatch(/disposed/);
     await expect(m.predict(ids(1, 2))).rejects.toThrow(/disposed/);
+  });
+
+  it('long calls nobody stops leave the thread pool to fs, crypto and other models', async () => {
+    // libuv runs fs and crypto on 4 threads (UV_THREADPOOL_SIZE); six endless engram calls must not hold them.
+    const busy = Array.from({ length: 6 }, () => decoder());
+    const stop = new AbortController();
+    const settled: boolean[] = busy.map(() => false);
+    const running = busy.map((m, i) =>
+      rejection(m.generate([1, 2], { maxTokens: 1e7, signal: stop.signal })).finally(() => (settled[i] = true)),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    const text = await readFile(fileURLToPath(import.meta.url), 'utf8');
+    const key = await new Promise<Buffer>((ok, fail) => pbkdf2('pw', 'salt', 1000, 32, 'sha256', (e, k) => (e ? fail(e) : ok(k))));
+    const other = lstmModel();
+    const step = await other.trainStep(ids(2, 3), ids(2, 3));
+    expect(text).toContain('long calls nobody stops');
+    expect(key.length).toBe(32);
+    expect(Number.isFinite(step.loss)).toBe(true);
+    expect(settled).toEqual([false, false, false, false, false, false]);
+    stop.abort();
+    for (const err of await Promise.all(running)) expect(err).toBeInstanceOf(AbortError);
   });
 
   it('fit stopped by its signal resolves with the history of the epochs that finished', async () => {

@@ -6,6 +6,7 @@ mod error;
 mod model;
 mod net;
 mod tensor;
+mod worker;
 
 pub use device::{NativeBackend, native_backend};
 pub use model::{

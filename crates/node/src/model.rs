@@ -1,6 +1,6 @@
 //! The native model handle. Heavy calls (`trainStep`, `predict`, `evaluate`, `generate`, `save`, `load`, and
-//! building a large model) run as `AsyncTask`s on libuv's thread pool, each under a [`CancelToken`]; light ones
-//! are synchronous. A model runs one call at a time: a call that finds it busy fails at once (the facade queues
+//! building a large model) run on engram's own worker threads (see [`crate::worker`]), each under a
+//! [`CancelToken`]; light ones are synchronous. A model runs one call at a time: a call that finds it busy fails at once (the facade queues
 //! calls, so users never see that).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,14 +10,14 @@ use engram_core::{
     Budget, CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential,
     SequentialConfig, Tally,
 };
-use napi::bindgen_prelude::{AsyncTask, Env, Int32Array};
-use napi::{Task, bindgen_prelude::Result};
+use napi::bindgen_prelude::{Either5, Env, Int32Array, PromiseRaw, Result};
 use napi_derive::napi;
 
 use crate::device;
 use crate::error::{abort_error, guard, state_error, to_napi, type_error};
 use crate::net::Net;
 use crate::tensor::{JsState, JsTensor, NamedTensor, states_to_host, to_host, to_js};
+use crate::worker;
 
 type Shared = Arc<Mutex<Option<Net>>>;
 
@@ -174,15 +174,16 @@ impl Model {
 
     /// Builds a model of `kind` off the event loop (for large ones: initialising their weights takes time).
     #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
-    pub fn build(
+    pub fn build<'env>(
+        env: &'env Env,
         kind: String,
         spec_json: String,
         max_memory: Option<f64>,
         cancel: &CancelToken,
-    ) -> Result<AsyncTask<BuildTask>> {
+    ) -> Result<PromiseRaw<'env, Model>> {
         let spec = Spec::parse(&kind, &spec_json)?;
         let budget = budget(max_memory)?;
-        Ok(AsyncTask::new(BuildTask { spec: Some(spec), budget, cancel: cancel.flag.clone() }))
+        make_model(env, "build", cancel, move |on| spec.build(on, &budget))
     }
 
     /// The device the model lives on, as `ENGRAM_DEVICE` names it (`cpu`, `cuda:0`).
@@ -216,24 +217,40 @@ impl Model {
 
     /// Memory networks: each hop's attention over the memories, `[hops, batch, memorySize]`.
     #[napi(catch_unwind, ts_return_type = "Promise<JsTensor>")]
-    pub fn attention(&self, inputs: Vec<JsTensor>, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
+    pub fn attention<'env>(
+        &self,
+        env: &'env Env,
+        inputs: Vec<JsTensor>,
+        cancel: &CancelToken,
+    ) -> Result<PromiseRaw<'env, Output>> {
         let inputs = inputs_to_host(&inputs)?;
-        Ok(self.job(Work::Attention { inputs }, cancel))
+        self.job(env, Work::Attention { inputs }, cancel)
     }
 
     /// Sequential models: each attention layer's probabilities `[batch, nHeads, seqLen, seqLen]`, by layer name.
     #[napi(catch_unwind, ts_return_type = "Promise<Array<NamedTensor>>")]
-    pub fn attention_weights(&self, inputs: Vec<JsTensor>, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
+    pub fn attention_weights<'env>(
+        &self,
+        env: &'env Env,
+        inputs: Vec<JsTensor>,
+        cancel: &CancelToken,
+    ) -> Result<PromiseRaw<'env, Output>> {
         let inputs = inputs_to_host(&inputs)?;
-        Ok(self.job(Work::AttentionWeights { inputs }, cancel))
+        self.job(env, Work::AttentionWeights { inputs }, cancel)
     }
 
     /// Decoder-only Transformers: samples `maxTokens` ids after `prompt` (options as JSON:
     /// `{ maxTokens, temperature, topK, seed }`).
     #[napi(catch_unwind, ts_return_type = "Promise<Int32Array>")]
-    pub fn generate(&self, prompt: Int32Array, options_json: String, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
+    pub fn generate<'env>(
+        &self,
+        env: &'env Env,
+        prompt: Int32Array,
+        options_json: String,
+        cancel: &CancelToken,
+    ) -> Result<PromiseRaw<'env, Output>> {
         let cfg: GenerateConfig = parse_json("generate options", &options_json)?;
-        Ok(self.job(Work::Generate { prompt: prompt.to_vec(), cfg }, cancel))
+        self.job(env, Work::Generate { prompt: prompt.to_vec(), cfg }, cancel)
     }
 
     /// Compiles with `{ optimizer, loss }` as JSON; resets the optimizer state.
@@ -267,58 +284,67 @@ impl Model {
 
     /// One forward, loss, backward and update on a batch. Resolves to `{ loss, gradNorm }`.
     #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
-    pub fn train_step(
+    pub fn train_step<'env>(
         &self,
+        env: &'env Env,
         inputs: Vec<JsTensor>,
         y: JsTensor,
         states: Option<Vec<JsState>>,
         cancel: &CancelToken,
-    ) -> Result<AsyncTask<Job>> {
+    ) -> Result<PromiseRaw<'env, Output>> {
         let inputs = inputs_to_host(&inputs)?;
         let y = to_host("y", &y)?;
         let states = states_to_host(states)?;
-        Ok(self.job(Work::Train { inputs, y, states }, cancel))
+        self.job(env, Work::Train { inputs, y, states }, cancel)
     }
 
     /// The model's output for a batch, in inference mode.
     #[napi(catch_unwind, ts_return_type = "Promise<JsTensor>")]
-    pub fn predict(
+    pub fn predict<'env>(
         &self,
+        env: &'env Env,
         inputs: Vec<JsTensor>,
         states: Option<Vec<JsState>>,
         cancel: &CancelToken,
-    ) -> Result<AsyncTask<Job>> {
+    ) -> Result<PromiseRaw<'env, Output>> {
         let inputs = inputs_to_host(&inputs)?;
         let states = states_to_host(states)?;
-        Ok(self.job(Work::Predict { inputs, states }, cancel))
+        self.job(env, Work::Predict { inputs, states }, cancel)
     }
 
     /// The compiled loss on a batch, in inference mode, with its tally. Resolves to `{ loss, gradNorm: 0, ... }`.
     #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
-    pub fn evaluate(
+    pub fn evaluate<'env>(
         &self,
+        env: &'env Env,
         inputs: Vec<JsTensor>,
         y: JsTensor,
         states: Option<Vec<JsState>>,
         cancel: &CancelToken,
-    ) -> Result<AsyncTask<Job>> {
+    ) -> Result<PromiseRaw<'env, Output>> {
         let inputs = inputs_to_host(&inputs)?;
         let y = to_host("y", &y)?;
         let states = states_to_host(states)?;
-        Ok(self.job(Work::Evaluate { inputs, y, states }, cancel))
+        self.job(env, Work::Evaluate { inputs, y, states }, cancel)
     }
 
     /// Writes a checkpoint (atomically).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
-        Ok(self.job(Work::Save { path }, cancel))
+    pub fn save<'env>(&self, env: &'env Env, path: String, cancel: &CancelToken) -> Result<PromiseRaw<'env, Output>> {
+        self.job(env, Work::Save { path }, cancel)
     }
 
     /// Loads a safetensors state dict (e.g. from PyTorch) into this model, stripping `prefix` from names.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn load_weights(&self, path: String, prefix: Option<String>, cancel: &CancelToken) -> Result<AsyncTask<Job>> {
+    pub fn load_weights<'env>(
+        &self,
+        env: &'env Env,
+        path: String,
+        prefix: Option<String>,
+        cancel: &CancelToken,
+    ) -> Result<PromiseRaw<'env, Output>> {
         let prefix = prefix.unwrap_or_default();
-        Ok(self.job(Work::LoadWeights { path, prefix }, cancel))
+        self.job(env, Work::LoadWeights { path, prefix }, cancel)
     }
 
     #[napi(catch_unwind)]
@@ -386,8 +412,10 @@ impl Model {
         }
     }
 
-    fn job(&self, work: Work, cancel: &CancelToken) -> AsyncTask<Job> {
-        AsyncTask::new(Job { inner: self.inner.clone(), work, cancel: cancel.flag.clone() })
+    /// Runs `work` on a worker thread, under `cancel`, with the model locked.
+    fn job<'env>(&self, env: &'env Env, work: Work, cancel: &CancelToken) -> Result<PromiseRaw<'env, Output>> {
+        let (inner, flag) = (self.inner.clone(), cancel.flag.clone());
+        worker::run(env, move || work.run(&inner, &flag), |_, done| Ok(done.into_js()))
     }
 
     /// Bytes the model holds: parameters, lasting tables and optimizer state.
@@ -408,8 +436,33 @@ impl Model {
 
 /// Loads a checkpoint written by `save` into a new model.
 #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
-pub fn load_model(path: String, max_memory: Option<f64>, cancel: &CancelToken) -> Result<AsyncTask<LoadTask>> {
-    Ok(AsyncTask::new(LoadTask { path, budget: budget(max_memory)?, cancel: cancel.flag.clone() }))
+pub fn load_model<'env>(
+    env: &'env Env,
+    path: String,
+    max_memory: Option<f64>,
+    cancel: &CancelToken,
+) -> Result<PromiseRaw<'env, Model>> {
+    let budget = budget(max_memory)?;
+    make_model(env, "load", cancel, move |on| Net::load(path.as_ref(), on, &budget).map_err(to_napi))
+}
+
+/// Makes a model on a worker thread, under `cancel`, on the device `ENGRAM_DEVICE` names.
+fn make_model<'env>(
+    env: &'env Env,
+    op: &'static str,
+    cancel: &CancelToken,
+    make: impl FnOnce(&engram_core::Device) -> Result<Net> + Send + 'static,
+) -> Result<PromiseRaw<'env, Model>> {
+    let flag = cancel.flag.clone();
+    let work = move || {
+        cancellable(op, &flag, || {
+            guard(op, || {
+                let (on, device) = device::current()?;
+                Ok((make(&on)?, device))
+            })
+        })
+    };
+    worker::run(env, work, |_, (net, device)| Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device }))
 }
 
 /// The process's memory budget.
@@ -480,11 +533,8 @@ pub enum Done {
     Nothing,
 }
 
-pub struct Job {
-    inner: Shared,
-    work: Work,
-    cancel: Arc<AtomicBool>,
-}
+/// What a heavy call resolves to in JS.
+pub type Output = Either5<StepResult, JsTensor, Vec<NamedTensor>, Int32Array, ()>;
 
 /// Runs `f` under `flag`; once the flag is set, a call that fails (or has not started) reports an AbortError.
 fn cancellable<T>(op: &str, flag: &Arc<AtomicBool>, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -497,12 +547,9 @@ fn cancellable<T>(op: &str, flag: &Arc<AtomicBool>, f: impl FnOnce() -> Result<T
     }
 }
 
-impl Task for Job {
-    type Output = Done;
-    type JsValue = napi::bindgen_prelude::Either5<StepResult, JsTensor, Vec<NamedTensor>, Int32Array, ()>;
-
-    fn compute(&mut self) -> Result<Done> {
-        let op = match self.work {
+impl Work {
+    fn op(&self) -> &'static str {
+        match self {
             Work::Train { .. } => "trainStep",
             Work::Predict { .. } => "predict",
             Work::Evaluate { .. } => "evaluate",
@@ -511,22 +558,28 @@ impl Task for Job {
             Work::Generate { .. } => "generate",
             Work::Save { .. } => "save",
             Work::LoadWeights { .. } => "loadWeights",
-        };
-        let work = &self.work;
-        cancellable(op, &self.cancel, || {
+        }
+    }
+
+    /// The call, on a worker thread: under `cancel`, with panics caught, the model locked.
+    fn run(self, inner: &Shared, cancel: &Arc<AtomicBool>) -> Result<Done> {
+        let op = self.op();
+        cancellable(op, cancel, || {
             guard(op, || {
-                with_model(&self.inner, op, |m| {
-                    Ok(match work {
+                with_model(inner, op, |m| {
+                    Ok(match self {
                         Work::Train { inputs, y, states } => {
-                            let r = m.train_step(inputs, y, states).map_err(to_napi)?;
+                            let r = m.train_step(&inputs, &y, &states).map_err(to_napi)?;
                             Done::Step(StepResult::new(r.loss, r.grad_norm, r.tally))
                         }
-                        Work::Predict { inputs, states } => Done::Tensor(m.predict(inputs, states).map_err(to_napi)?),
-                        Work::Attention { inputs } => Done::Tensor(m.attention(inputs).map_err(to_napi)?),
-                        Work::AttentionWeights { inputs } => Done::Named(m.attention_weights(inputs).map_err(to_napi)?),
-                        Work::Generate { prompt, cfg } => Done::Ids(m.generate(prompt, cfg).map_err(to_napi)?),
+                        Work::Predict { inputs, states } => Done::Tensor(m.predict(&inputs, &states).map_err(to_napi)?),
+                        Work::Attention { inputs } => Done::Tensor(m.attention(&inputs).map_err(to_napi)?),
+                        Work::AttentionWeights { inputs } => {
+                            Done::Named(m.attention_weights(&inputs).map_err(to_napi)?)
+                        }
+                        Work::Generate { prompt, cfg } => Done::Ids(m.generate(&prompt, &cfg).map_err(to_napi)?),
                         Work::Evaluate { inputs, y, states } => {
-                            let e = m.evaluate(inputs, y, states).map_err(to_napi)?;
+                            let e = m.evaluate(&inputs, &y, &states).map_err(to_napi)?;
                             Done::Step(StepResult::new(e.loss, 0.0, e.tally))
                         }
                         Work::Save { path } => {
@@ -534,7 +587,7 @@ impl Task for Job {
                             Done::Nothing
                         }
                         Work::LoadWeights { path, prefix } => {
-                            m.load_weights(path.as_ref(), prefix).map_err(to_napi)?;
+                            m.load_weights(path.as_ref(), &prefix).map_err(to_napi)?;
                             Done::Nothing
                         }
                     })
@@ -542,10 +595,11 @@ impl Task for Job {
             })
         })
     }
+}
 
-    fn resolve(&mut self, _env: Env, output: Done) -> Result<Self::JsValue> {
-        use napi::bindgen_prelude::Either5;
-        Ok(match output {
+impl Done {
+    fn into_js(self) -> Output {
+        match self {
             Done::Step(s) => Either5::A(s),
             Done::Tensor(t) => Either5::B(to_js(t)),
             Done::Named(all) => {
@@ -553,56 +607,7 @@ impl Task for Job {
             }
             Done::Ids(ids) => Either5::D(Int32Array::new(ids)),
             Done::Nothing => Either5::E(()),
-        })
-    }
-}
-
-pub struct LoadTask {
-    path: String,
-    budget: Budget,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Task for LoadTask {
-    type Output = (Net, String);
-    type JsValue = Model;
-
-    fn compute(&mut self) -> Result<(Net, String)> {
-        cancellable("load", &self.cancel, || {
-            guard("load", || {
-                let (on, device) = device::current()?;
-                Ok((Net::load(self.path.as_ref(), &on, &self.budget).map_err(to_napi)?, device))
-            })
-        })
-    }
-
-    fn resolve(&mut self, _env: Env, (net, device): (Net, String)) -> Result<Model> {
-        Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device })
-    }
-}
-
-pub struct BuildTask {
-    spec: Option<Spec>,
-    budget: Budget,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Task for BuildTask {
-    type Output = (Net, String);
-    type JsValue = Model;
-
-    fn compute(&mut self) -> Result<(Net, String)> {
-        let spec = self.spec.take().ok_or_else(|| state_error("build: already built"))?;
-        cancellable("build", &self.cancel, || {
-            guard("build", || {
-                let (on, device) = device::current()?;
-                Ok((spec.build(&on, &self.budget)?, device))
-            })
-        })
-    }
-
-    fn resolve(&mut self, _env: Env, (net, device): (Net, String)) -> Result<Model> {
-        Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device })
+        }
     }
 }
 
