@@ -9,6 +9,7 @@ import {
   layers,
   load,
   memoryBudget,
+  memoryNetwork,
   optimizers,
   sequential,
   sequentialAsync,
@@ -63,7 +64,10 @@ describe('sizes that do not fit are refused before they are allocated', () => {
     setMemoryBudget('12GiB');
     const f = () => sequential([layers.lstm({ inputSize: 8, hiddenSize: 100000 })]);
     expect(f).toThrow(RangeError);
-    expect(f).toThrow(/layer 0 \(lstm\) with hiddenSize 100000.* needs more parameters than the whole budget holds.*the memory budget is 12\.0 GiB \(set by setMemoryBudget\)/);
+    expect(() => memoryNetwork({ vocabSize: 1e9, sentenceLen: 6, embedDim: 100, hops: 3, memorySize: 50 })).toThrow(
+      /memoryNetwork with vocabSize 1000000000, embedDim 100, hops 3, memorySize 50 needs 1\.46 TiB of parameters; the memory budget is 12\.0 GiB/,
+    );
+    expect(f).toThrow(/layer 0 \(lstm\) with hiddenSize 100000.* needs 149 GiB of parameters, which brings the model to 149 GiB \(and training with Adam to about 4 times that\); the memory budget is 12\.0 GiB \(set by setMemoryBudget\)/);
   });
 
   it('refuses a huge positional table, and sizes whose product overflows', () => {
@@ -76,7 +80,7 @@ describe('sizes that do not fit are refused before they are allocated', () => {
       }
     })();
     expect(e).toBeInstanceOf(RangeError);
-    expect(e?.message).toMatch(/layer 0 \(embedding\) with dim 1048576, vocabSize 1099511627776 needs more parameters than the whole budget/);
+    expect(e?.message).toMatch(/layer 0 \(embedding\) with dim 1048576, vocabSize 1099511627776 needs 4\.00 EiB of parameters/);
     expect(e?.message).not.toMatch(/capacity overflow/);
   });
 

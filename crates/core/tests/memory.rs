@@ -200,7 +200,7 @@ fn a_model_over_the_budget_is_refused_before_it_is_allocated() {
     let (r, peak) = measure(|| Sequential::new_with(cfg, &engram_core::Device::Cpu, &budget).map(|_| ()));
     let e = r.unwrap_err().to_string();
     assert!(e.starts_with("layer 0 (lstm) with hiddenSize 100000"), "{e}");
-    assert!(e.contains("needs more parameters than the whole budget holds"), "{e}");
+    assert!(e.contains("needs 149 GiB of parameters, which brings the model to 149 GiB"), "{e}");
     assert!(e.contains("the memory budget is 12.0 GiB (ENGRAM_MAX_MEMORY)"), "{e}");
     assert!(peak < 1 << 20, "the refusal allocated {peak} bytes");
 
@@ -210,7 +210,7 @@ fn a_model_over_the_budget_is_refused_before_it_is_allocated() {
     }))
     .unwrap();
     let e = Sequential::new_with(cfg, &engram_core::Device::Cpu, &budget).map(|_| ()).unwrap_err().to_string();
-    assert!(e.contains("layer 0 (embedding) with dim 1048576, vocabSize 1099511627776"), "{e}");
+    assert!(e.contains("layer 0 (embedding) with dim 1048576, vocabSize 1099511627776 needs 4.00 EiB"), "{e}");
 }
 
 #[test]

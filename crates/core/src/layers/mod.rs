@@ -11,6 +11,8 @@ pub mod positional;
 pub mod recurrent;
 pub mod transformer;
 
+use std::collections::HashSet;
+
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -84,16 +86,18 @@ pub enum Flow {
 /// The model's trainable parameters in creation order, with their full (PyTorch-style) names.
 ///
 /// A dry run ([`Params::dry`]) records names and shapes only: a model is first assembled that way, so that its
-/// memory is known (and checked against the budget) before anything is allocated.
+/// memory is known (and checked against the budget) before anything is allocated. Adding a parameter costs the
+/// same whatever the count, so a dry run of the largest spec allowed ([`MAX_TENSORS`]) takes a moment.
 #[derive(Debug, Default)]
 pub struct Params {
     pub(crate) entries: Vec<(String, Var)>,
     planned: Option<Vec<(String, Vec<usize>)>>,
+    /// Every name taken, planned or allocated.
+    names: HashSet<String>,
+    /// Elements of the planned parameters, saturating.
+    planned_elems: u64,
     /// Elements of tensors that are not parameters but live as long as the model (a sinusoidal table).
     buffer_elems: u64,
-    /// A dry run stops once its parameters pass this many elements (the budget), so that a spec with a
-    /// billion layers fails at once instead of planning them all.
-    limit_elems: u64,
 }
 
 /// Parameter tensors a model may have: far more than any real one, few enough to plan in a moment.
@@ -101,13 +105,8 @@ const MAX_TENSORS: usize = 100_000;
 
 impl Params {
     /// Records shapes instead of allocating.
-    pub(crate) fn dry(limit_elems: u64) -> Self {
-        Params { entries: Vec::new(), planned: Some(Vec::new()), buffer_elems: 0, limit_elems }
-    }
-
-    /// Whether a dry run stopped at its limit (see [`Params::plan`]).
-    pub(crate) fn over_limit(&self) -> bool {
-        self.is_dry() && self.resident_elems() > self.limit_elems
+    pub(crate) fn dry() -> Self {
+        Params { planned: Some(Vec::new()), ..Params::default() }
     }
 
     pub(crate) fn is_dry(&self) -> bool {
@@ -141,7 +140,7 @@ impl Params {
     /// Values in the parameters (planned or allocated) and in the model's other lasting tensors, saturating.
     pub(crate) fn resident_elems(&self) -> u64 {
         let params = match &self.planned {
-            Some(p) => p.iter().fold(0u64, |a, (_, s)| a.saturating_add(crate::memory::elems(s))),
+            Some(_) => self.planned_elems,
             None => self.entries.iter().map(|(_, v)| v.elem_count() as u64).sum(),
         };
         params.saturating_add(self.buffer_elems)
@@ -152,34 +151,29 @@ impl Params {
         self.shapes().iter().map(|(_, s)| crate::memory::elems(s)).max().unwrap_or(0)
     }
 
-    fn taken(&self, name: &str) -> bool {
-        match &self.planned {
-            Some(p) => p.iter().any(|(n, _)| n == name),
-            None => self.get(name).is_some(),
+    /// Takes `name` for a new parameter, or explains why it cannot have it.
+    fn claim(&mut self, name: &str) -> Result<()> {
+        if self.len() >= MAX_TENSORS {
+            return Err(Error::Range(format!("a model may have at most {MAX_TENSORS} parameter tensors")));
         }
+        if !self.names.insert(name.to_string()) {
+            return Err(Error::Type(format!("two parameters are named {name}: give the layers distinct names")));
+        }
+        Ok(())
     }
 
     /// Registers a parameter and returns its index.
     pub(crate) fn add(&mut self, name: String, value: Var) -> Result<usize> {
-        if self.taken(&name) {
-            return Err(Error::Type(format!("two parameters are named {name}: give the layers distinct names")));
-        }
+        self.claim(&name)?;
         self.entries.push((name, value));
         Ok(self.entries.len() - 1)
     }
 
     /// Registers a parameter of a dry run and returns its index.
     pub(crate) fn plan(&mut self, name: String, shape: &[usize]) -> Result<usize> {
-        if self.taken(&name) {
-            return Err(Error::Type(format!("two parameters are named {name}: give the layers distinct names")));
-        }
-        if self.resident_elems() > self.limit_elems {
-            return Err(Error::Memory("the model's parameters exceed the memory budget".into()));
-        }
+        self.claim(&name)?;
+        self.planned_elems = self.planned_elems.saturating_add(crate::memory::elems(shape));
         let planned = self.planned.get_or_insert_with(Vec::new);
-        if planned.len() >= MAX_TENSORS {
-            return Err(Error::Range(format!("a model may have at most {MAX_TENSORS} parameter tensors")));
-        }
         planned.push((name, shape.to_vec()));
         Ok(planned.len() - 1)
     }

@@ -156,7 +156,6 @@ impl MemoryNetwork {
 
     /// The network as a dry run (shapes only, checked against `budget`); see [`crate::Sequential::plan`].
     pub fn plan(config: &MemoryNetworkConfig, device: &Device, budget: &Budget) -> Result<Self> {
-        let limit = budget.bytes / config.dtype.dtype().size_in_bytes() as u64;
         let c = config;
         let what = |need: &str| {
             format!(
@@ -164,12 +163,7 @@ impl MemoryNetwork {
                 c.vocab_size, c.embed_dim, c.hops, c.memory_size
             )
         };
-        let (layout, params, rng) = match Self::assemble(config, device, Params::dry(limit)) {
-            Err(Error::Memory(_)) => {
-                return Err(budget.check(u64::MAX, |_| what("more than the whole budget")).unwrap_err());
-            }
-            other => other?,
-        };
+        let (layout, params, rng) = Self::assemble(config, device, Params::dry())?;
         let dtype = config.dtype.dtype();
         let trainer = Trainer::new(params, rng, device, dtype, budget.clone());
         budget.check(trainer.resident_bytes(), |need| what(need))?;

@@ -125,8 +125,7 @@ impl Sequential {
     /// check against `budget`, with nothing allocated. It answers [`Sequential::summary`],
     /// [`Sequential::param_count`] and [`Sequential::resident_bytes`]; every other call fails.
     pub fn plan(config: &SequentialConfig, device: &Device, budget: &Budget) -> Result<Self> {
-        let limit = budget.bytes / config.dtype.dtype().size_in_bytes() as u64;
-        let (nodes, params, rng) = Self::assemble(config, device, Params::dry(limit), Some(budget))?;
+        let (nodes, params, rng) = Self::assemble(config, device, Params::dry(), Some(budget))?;
         let dtype = config.dtype.dtype();
         Ok(Sequential {
             config: config.clone(),
@@ -176,13 +175,7 @@ impl Sequential {
             let resident_before = params.resident_elems();
             let mut b = Builder { params: &mut params, rng: &mut rng, dtype, device, prefix: name.clone() };
             let here = format!("layer {i} ({})", spec.type_name());
-            let built = Self::layer(spec, &here, flow, &mut b);
-            if let (Some(budget), true) = (budget, params.over_limit()) {
-                budget.check(u64::MAX, |_| {
-                    format!("{here}{} needs more parameters than the whole budget holds", size_options(spec))
-                })?;
-            }
-            let (layer, out) = built?;
+            let (layer, out) = Self::layer(spec, &here, flow, &mut b)?;
             if let Some(budget) = budget {
                 let size = dtype.size_in_bytes();
                 let total = Bytes::of(params.resident_elems(), size).get();
