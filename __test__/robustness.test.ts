@@ -16,6 +16,7 @@ import {
   setMemoryBudget,
   tensor,
   type Model,
+  type Tensor,
 } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
@@ -130,6 +131,34 @@ describe('sizes that do not fit are refused before they are allocated', () => {
     // The same seed builds the same weights either way.
     const small = [layers.embedding({ vocabSize: 50, dim: 4 })];
     expect(bits(await sequentialAsync(small, { seed: 9 }))).toEqual(bits(sequential(small, { seed: 9 })));
+  });
+
+  it('copies the weights of a large model off the event loop only', async () => {
+    const m = await sequentialAsync([layers.embedding({ vocabSize: 2 ** 20, dim: 32 })], { seed: 1 });
+    expect(() => m.getWeights()).toThrow(RangeError);
+    expect(() => m.getWeights()).toThrow(/128 MiB of parameters; copying them would hold the event loop, so use await getWeightsAsync/);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    const w = await m.getWeightsAsync();
+    clearInterval(timer);
+    expect(ticks).toBeGreaterThan(0);
+    const table = w['0.weight']!;
+    expect(table.shape).toEqual([2 ** 20, 32]);
+    const twice = new Float32Array(table.data.length);
+    for (let i = 0; i < twice.length; i++) twice[i] = 2 * table.data[i]!;
+    const doubled = tensor(twice, [2 ** 20, 32]);
+    expect(() => m.setWeights({ '0.weight': doubled })).toThrow(/128 MiB of weights would hold the event loop.*setWeightsAsync/);
+    // A rejected replacement changes nothing; an accepted one takes every value.
+    await expect(m.setWeightsAsync({ '0.wieght': doubled }, { strict: false })).rejects.toThrow(/no parameter "0.wieght"/);
+    const same = (a: Tensor, b: Tensor) => Buffer.from(a.data.buffer).equals(Buffer.from(b.data.buffer));
+    expect(same((await m.getWeightsAsync())['0.weight']!, table)).toBe(true);
+    await m.setWeightsAsync({ '0.weight': doubled });
+    expect(same((await m.getWeightsAsync())['0.weight']!, doubled)).toBe(true);
+    expect(same(doubled, table)).toBe(false);
+    const ac = new AbortController();
+    ac.abort();
+    await expect(m.getWeightsAsync({ signal: ac.signal })).rejects.toBeInstanceOf(AbortError);
+    m.dispose();
   });
 });
 

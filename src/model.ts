@@ -321,10 +321,7 @@ export class Model {
   async attentionWeights(x: Inputs): Promise<Record<string, Tensor>> {
     const xs = inputList(this.#kind, 'x', x).map(toNative);
     if (this.#kind !== 'sequential') throw new TypeError('attentionWeights: use attention() for a memory network');
-    const list = await this.#enqueue('attentionWeights', (m, c) => m.attentionWeights(xs, c));
-    const out: Record<string, Tensor> = {};
-    for (const w of list) out[w.name] = w.tensor as Tensor;
-    return out;
+    return named(await this.#enqueue('attentionWeights', (m, c) => m.attentionWeights(xs, c)));
   }
 
   /**
@@ -458,31 +455,57 @@ export class Model {
     return fit(this, x, y, options);
   }
 
-  /** Every parameter by its PyTorch-style name, copied out. */
+  /**
+   * Every parameter by its PyTorch-style name, copied out, here and now. A model with more than 64 MiB of
+   * parameters is refused (the copy would hold the event loop): use {@link Model.getWeightsAsync}.
+   */
   getWeights(): Record<string, Tensor> {
     const m = this.#check('getWeights');
-    const out: Record<string, Tensor> = {};
-    for (const w of native(() => m.getWeights())) out[w.name] = w.tensor as Tensor;
-    return out;
+    const bytes = native(() => m.paramBytes());
+    if (bytes > SYNC_COPY_BYTES) {
+      throw new RangeError(
+        `getWeights: the model has ${formatBytes(bytes)} of parameters; copying them would hold the event loop, so use ` +
+          'await getWeightsAsync() instead',
+      );
+    }
+    return named(native(() => m.getWeights(), 'getWeights'));
+  }
+
+  /** {@link Model.getWeights} off the event loop, for any size; queued after the calls made before it. */
+  async getWeightsAsync(options: SignalOptions = {}): Promise<Record<string, Tensor>> {
+    const signal = checkSignal('getWeightsAsync', options.signal);
+    return named(await this.#enqueue('getWeights', (m, c) => m.getWeightsAsync(c), signal));
   }
 
   /**
-   * Replaces parameters by name. With `strict` (default) every parameter must be given; in any case unknown
-   * names and wrong shapes are errors, and nothing changes unless every check passes.
+   * Replaces parameters by name, here and now. With `strict` (default) every parameter must be given; in any
+   * case unknown names and wrong shapes are errors, and nothing changes unless every check passes. More than
+   * 64 MiB of weights is refused (it would hold the event loop): use {@link Model.setWeightsAsync}.
    */
   setWeights(weights: Record<string, Tensor>, options: { strict?: boolean } = {}): void {
     const m = this.#check('setWeights');
-    if (typeof options !== 'object' || options === null) {
-      throw new TypeError(`setWeights: options must be an object, got ${describe(options)}`);
+    const list = weightList('setWeights', weights, options);
+    const bytes = list.reduce((a, w) => a + w.tensor.data.byteLength, 0);
+    if (bytes > SYNC_COPY_BYTES) {
+      throw new RangeError(
+        `setWeights: ${formatBytes(bytes)} of weights would hold the event loop while they are checked and set, so use ` +
+          'await setWeightsAsync(...) instead',
+      );
     }
-    if (options.strict !== undefined && typeof options.strict !== 'boolean') {
-      throw new TypeError(`setWeights: strict must be true or false, got ${describe(options.strict)}`);
-    }
-    if (typeof weights !== 'object' || weights === null) {
-      throw new TypeError(`setWeights: weights must be a record of tensors, got ${describe(weights)}`);
-    }
-    const list = Object.entries(weights).map(([name, t]) => ({ name, tensor: toNative(checkTensor(`weights.${name}`, t)) }));
-    native(() => m.setWeights(list, options.strict ?? true));
+    native(() => m.setWeights(list, options.strict ?? true), 'setWeights');
+  }
+
+  /**
+   * {@link Model.setWeights} with the checks and the update off the event loop, for any size; queued after the
+   * calls made before it. The arrays are copied when the queue reaches the call (a memory copy on the event
+   * loop, the only part that runs there), so leave them unchanged until it settles, as for `trainStep`'s inputs.
+   */
+  async setWeightsAsync(weights: Record<string, Tensor>, options: { strict?: boolean } & SignalOptions = {}): Promise<void> {
+    this.#check('setWeightsAsync');
+    const list = weightList('setWeightsAsync', weights, options);
+    const signal = checkSignal('setWeightsAsync', options.signal);
+    const strict = options.strict ?? true;
+    await this.#enqueue('setWeights', (m, c) => m.setWeightsAsync(list, strict, c), signal);
   }
 
   /**
@@ -658,6 +681,29 @@ function sequentialSpec(op: string, layerSpecs: LayerSpec[], options: Sequential
 
 /** Parameters (bytes) a synchronous factory initialises on the event loop: about 20-40 ms of work. */
 const SYNC_BUILD_BYTES = 64 * 2 ** 20;
+/** Weights (bytes) `getWeights` and `setWeights` copy on the event loop: a few milliseconds of copying. */
+const SYNC_COPY_BYTES = 64 * 2 ** 20;
+
+/** The record of named tensors a native call returns. */
+function named(list: { name: string; tensor: unknown }[]): Record<string, Tensor> {
+  const out: Record<string, Tensor> = {};
+  for (const w of list) out[w.name] = w.tensor as Tensor;
+  return out;
+}
+
+/** `setWeights`' arguments, checked, as the native call takes them. */
+function weightList(op: string, weights: Record<string, Tensor>, options: { strict?: boolean }) {
+  if (typeof options !== 'object' || options === null) {
+    throw new TypeError(`${op}: options must be an object, got ${describe(options)}`);
+  }
+  if (options.strict !== undefined && typeof options.strict !== 'boolean') {
+    throw new TypeError(`${op}: strict must be true or false, got ${describe(options.strict)}`);
+  }
+  if (typeof weights !== 'object' || weights === null) {
+    throw new TypeError(`${op}: weights must be a record of tensors, got ${describe(weights)}`);
+  }
+  return Object.entries(weights).map(([name, t]) => ({ name, tensor: toNative(checkTensor(`weights.${name}`, t)) }));
+}
 
 /** Checks the spec and its memory, then builds the model here, if it is small enough. */
 function buildNow(op: string, kind: string, json: string, maxMemory: number | undefined): Model {

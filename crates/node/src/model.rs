@@ -355,16 +355,38 @@ impl Model {
         })
     }
 
+    /// [`Model::get_weights`] on a worker thread (for large models).
+    #[napi(catch_unwind, ts_return_type = "Promise<Array<NamedTensor>>")]
+    pub fn get_weights_async<'env>(&self, env: &'env Env, cancel: &CancelToken) -> Result<PromiseRaw<'env, Output>> {
+        self.job(env, Work::GetWeights, cancel)
+    }
+
     /// Replaces weights by name; with `strict` (the default) every parameter must be given.
     #[napi(catch_unwind)]
     pub fn set_weights(&self, weights: Vec<NamedTensor>, strict: Option<bool>) -> Result<()> {
-        let host = weights
-            .iter()
-            .map(|w| Ok((w.name.clone(), to_host(&format!("setWeights {}", w.name), &w.tensor)?)))
-            .collect::<Result<Vec<(String, HostTensor)>>>()?;
+        let host = weights_to_host(&weights)?;
         with_model(&self.inner, "setWeights", |m| {
             m.trainer_mut().set_weights(&host, strict.unwrap_or(true)).map_err(to_napi)
         })
+    }
+
+    /// [`Model::set_weights`] with the checks and the update on a worker thread; the arrays are copied here.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn set_weights_async<'env>(
+        &self,
+        env: &'env Env,
+        weights: Vec<NamedTensor>,
+        strict: Option<bool>,
+        cancel: &CancelToken,
+    ) -> Result<PromiseRaw<'env, Output>> {
+        let weights = weights_to_host(&weights)?;
+        self.job(env, Work::SetWeights { weights, strict: strict.unwrap_or(true) }, cancel)
+    }
+
+    /// Bytes of the trainable parameters: what `getWeights` copies.
+    #[napi(catch_unwind)]
+    pub fn param_bytes(&self) -> Result<f64> {
+        with_model(&self.inner, "paramBytes", |m| Ok(m.trainer().param_bytes() as f64))
     }
 
     #[napi(catch_unwind)]
@@ -523,6 +545,8 @@ pub enum Work {
     Generate { prompt: Vec<i32>, cfg: GenerateConfig },
     Save { path: String },
     LoadWeights { path: String, prefix: String },
+    GetWeights,
+    SetWeights { weights: Vec<(String, HostTensor)>, strict: bool },
 }
 
 pub enum Done {
@@ -558,6 +582,8 @@ impl Work {
             Work::Generate { .. } => "generate",
             Work::Save { .. } => "save",
             Work::LoadWeights { .. } => "loadWeights",
+            Work::GetWeights => "getWeights",
+            Work::SetWeights { .. } => "setWeights",
         }
     }
 
@@ -590,6 +616,11 @@ impl Work {
                             m.load_weights(path.as_ref(), &prefix).map_err(to_napi)?;
                             Done::Nothing
                         }
+                        Work::GetWeights => Done::Named(m.trainer().weights().map_err(to_napi)?),
+                        Work::SetWeights { weights, strict } => {
+                            m.trainer_mut().set_weights(&weights, strict).map_err(to_napi)?;
+                            Done::Nothing
+                        }
                     })
                 })
             })
@@ -609,6 +640,10 @@ impl Done {
             Done::Nothing => Either5::E(()),
         }
     }
+}
+
+fn weights_to_host(weights: &[NamedTensor]) -> Result<Vec<(String, HostTensor)>> {
+    weights.iter().map(|w| Ok((w.name.clone(), to_host(&format!("setWeights {}", w.name), &w.tensor)?))).collect()
 }
 
 fn inputs_to_host(inputs: &[JsTensor]) -> Result<Vec<HostTensor>> {

@@ -1,6 +1,7 @@
 //! Typed arrays in and out. Inputs are copied once, on the JS thread, into host tensors the core validates;
 //! outputs hand their Rust buffer to JS without a copy.
 
+use engram_core::memory::copy_of;
 use engram_core::{HostData, HostTensor};
 use napi::bindgen_prelude::{Either3, Float32Array, Float64Array, Int32Array};
 use napi_derive::napi;
@@ -30,10 +31,11 @@ pub struct JsState {
 }
 
 pub fn to_host(what: &str, t: &JsTensor) -> napi::Result<HostTensor> {
+    // Fallible copies: a huge typed array that cannot be copied is an error, not an aborted process.
     let data = match &t.data {
-        Either3::A(a) => HostData::F32(a.to_vec()),
-        Either3::B(a) => HostData::I32(a.to_vec()),
-        Either3::C(a) => HostData::F64(a.to_vec()),
+        Either3::A(a) => HostData::F32(copy_of(what, a).map_err(to_napi)?),
+        Either3::B(a) => HostData::I32(copy_of(what, a).map_err(to_napi)?),
+        Either3::C(a) => HostData::F64(copy_of(what, a).map_err(to_napi)?),
     };
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
     HostTensor::new(data, shape).map_err(|e| match e.kind() {

@@ -11,7 +11,7 @@ pub mod positional;
 pub mod recurrent;
 pub mod transformer;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -92,8 +92,8 @@ pub enum Flow {
 pub struct Params {
     pub(crate) entries: Vec<(String, Var)>,
     planned: Option<Vec<(String, Vec<usize>)>>,
-    /// Every name taken, planned or allocated.
-    names: HashSet<String>,
+    /// Every name taken, planned or allocated, with its index.
+    index: HashMap<String, usize>,
     /// Elements of the planned parameters, saturating.
     planned_elems: u64,
     /// Elements of tensors that are not parameters but live as long as the model (a sinusoidal table).
@@ -126,7 +126,7 @@ impl Params {
     }
 
     pub fn get(&self, name: &str) -> Option<&Var> {
-        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.index.get(name).and_then(|&i| self.entries.get(i)).map(|(_, v)| v)
     }
 
     /// Names and shapes of every parameter, planned or allocated.
@@ -156,9 +156,10 @@ impl Params {
         if self.len() >= MAX_TENSORS {
             return Err(Error::Range(format!("a model may have at most {MAX_TENSORS} parameter tensors")));
         }
-        if !self.names.insert(name.to_string()) {
+        if self.index.contains_key(name) {
             return Err(Error::Type(format!("two parameters are named {name}: give the layers distinct names")));
         }
+        self.index.insert(name.to_string(), self.len());
         Ok(())
     }
 

@@ -287,52 +287,49 @@ impl Trainer {
         Ok(StepOutput { loss, grad_norm, tally })
     }
 
-    /// Every parameter, by name, copied to the host.
+    /// Bytes of the trainable parameters (not lasting tables, not optimizer state).
+    pub fn param_bytes(&self) -> u64 {
+        Bytes::of(self.param_elems(), self.dtype.size_in_bytes()).get()
+    }
+
+    /// Every parameter, by name, copied to the host (once the copy is known to fit the budget).
     pub fn weights(&self) -> Result<Vec<(String, HostTensor)>> {
-        self.params.iter().map(|(n, v)| Ok((n.to_string(), HostTensor::from_tensor(v.as_tensor())?))).collect()
+        // A copy as f32 or f64, and candle's flattened view of each tensor on the way.
+        let largest = Bytes::of(self.params.largest_elems(), self.dtype.size_in_bytes());
+        let working = (Bytes(self.param_bytes()) + largest).get();
+        self.check_call(working, false, || format!("getWeights of {} parameters", self.param_count()))?;
+        self.params
+            .iter()
+            .map(|(n, v)| {
+                crate::cancel::check("getWeights")?;
+                Ok((n.to_string(), HostTensor::from_tensor(v.as_tensor())?))
+            })
+            .collect()
     }
 
     /// Replaces parameters by name. Every name must exist and every shape match; with `strict`, every
     /// parameter must be given. Nothing changes unless all checks pass.
     pub fn set_weights(&mut self, weights: &[(String, HostTensor)], strict: bool) -> Result<()> {
-        let mut staged = Vec::with_capacity(weights.len());
-        for (name, t) in weights {
-            let var = self.params.get(name).ok_or_else(|| {
-                let known: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
-                Error::Range(format!("setWeights: the model has no parameter {name:?}; it has {known:?}"))
-            })?;
-            if t.shape != var.dims() {
-                return Err(Error::shape("setWeights", name.clone(), format!("{:?}", var.dims()), &t.shape));
-            }
-            staged.push((var, t.to_floats(&format!("setWeights {name}"), self.dtype, &self.device)?));
-        }
-        if strict {
-            let missing: Vec<&str> =
-                self.params.iter().map(|(n, _)| n).filter(|n| !weights.iter().any(|(w, _)| w == n)).collect();
-            if !missing.is_empty() {
-                return Err(Error::Range(format!("setWeights: missing parameters {missing:?}")));
-            }
-        }
-        for (var, t) in staged {
-            var.set(&t)?;
-        }
-        Ok(())
+        let (dtype, device) = (self.dtype, self.device.clone());
+        // Each given tensor becomes a tensor of the model's dtype beside the parameter it replaces.
+        let working =
+            weights.iter().fold(Bytes(0), |a, (_, t)| a + Bytes::of(t.data.len() as u64, dtype.size_in_bytes()));
+        self.check_call(working.get(), false, || format!("setWeights of {} tensors", weights.len()))?;
+        let given = weights.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice(), t));
+        let staged = self.stage("setWeights: ", given, strict, |name, t| {
+            t.to_floats(&format!("setWeights {name}"), dtype, &device)
+        })?;
+        commit(staged)
     }
 
     /// [`Trainer::set_weights`] from tensors already in memory (a checkpoint's), strictly: every parameter
     /// must be given with its shape and finite values. The tensors are converted in place of a host copy, so
     /// loading holds the file's tensors and the model, not a third copy.
     pub(crate) fn set_tensors(&mut self, weights: &[(&str, &Tensor)]) -> Result<()> {
-        let mut staged = Vec::with_capacity(weights.len());
-        for (name, t) in weights {
-            let var = self.params.get(name).ok_or_else(|| {
-                let known: Vec<&str> = self.params.iter().map(|(n, _)| n).collect();
-                Error::Range(format!("the model has no parameter {name:?}; it has {known:?}"))
-            })?;
-            if t.dims() != var.dims() {
-                return Err(Error::shape("setWeights", name.to_string(), format!("{:?}", var.dims()), t.dims()));
-            }
-            let t = t.to_dtype(self.dtype)?.to_device(&self.device)?;
+        let (dtype, device) = (self.dtype, self.device.clone());
+        let given = weights.iter().map(|&(n, t)| (n, t.dims(), t));
+        let staged = self.stage("", given, true, |name, t| {
+            let t = t.to_dtype(dtype)?.to_device(&device)?;
             let finite = match (t.device().is_cpu(), t.dtype()) {
                 (true, DType::F32) => with_host(&t, |v: &[f32]| v.iter().all(|x| x.is_finite()))?,
                 (true, DType::F64) => with_host(&t, |v: &[f64]| v.iter().all(|x| x.is_finite()))?,
@@ -341,17 +338,46 @@ impl Trainer {
             if !finite {
                 return Err(Error::Range(format!("{name}: values must be finite")));
             }
-            staged.push((var, t));
+            Ok(t)
+        })?;
+        commit(staged)
+    }
+
+    /// The checks of a replacement of parameters by name, before anything changes: each name must exist, each
+    /// shape match, each value `convert`; with `strict`, every parameter must be given. `prefix` starts the
+    /// messages (`setWeights: `).
+    fn stage<'a, T>(
+        &self,
+        prefix: &str,
+        given: impl Iterator<Item = (&'a str, &'a [usize], T)>,
+        strict: bool,
+        mut convert: impl FnMut(&str, T) -> Result<Tensor>,
+    ) -> Result<Vec<(&Var, Tensor)>> {
+        let mut staged = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (name, shape, t) in given {
+            let var = self.params.get(name).ok_or_else(|| {
+                Error::Range(format!("{prefix}the model has no parameter {name:?}; it has {}", self.some_names()))
+            })?;
+            if shape != var.dims() {
+                return Err(Error::shape("setWeights", name.to_string(), format!("{:?}", var.dims()), shape));
+            }
+            crate::cancel::check("setWeights")?;
+            staged.push((var, convert(name, t)?));
+            seen.insert(name);
         }
-        let missing: Vec<&str> =
-            self.params.iter().map(|(n, _)| n).filter(|n| !weights.iter().any(|(w, _)| w == n)).collect();
-        if !missing.is_empty() {
-            return Err(Error::Range(format!("missing parameters {missing:?}")));
+        if strict {
+            let missing: Vec<&str> = self.params.iter().map(|(n, _)| n).filter(|n| !seen.contains(n)).collect();
+            if !missing.is_empty() {
+                return Err(Error::Range(format!("{prefix}missing parameters {}", list_some(&missing))));
+            }
         }
-        for (var, t) in staged {
-            var.set(&t)?;
-        }
-        Ok(())
+        Ok(staged)
+    }
+
+    /// The parameter names, the first few of them when there are many.
+    fn some_names(&self) -> String {
+        list_some(&self.params.iter().map(|(n, _)| n).collect::<Vec<_>>())
     }
 
     pub fn rng_state(&self) -> [u64; 4] {
@@ -368,6 +394,24 @@ impl Trainer {
 
     pub(crate) fn optimizer_mut(&mut self) -> Option<&mut Optimizer> {
         self.compiled.as_mut().map(|c| &mut c.optimizer)
+    }
+}
+
+/// Sets each staged value: the last step of a replacement whose every check has passed.
+fn commit(staged: Vec<(&Var, Tensor)>) -> Result<()> {
+    for (var, t) in staged {
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
+/// `["a", "b"]`, or the first 20 names and how many more.
+fn list_some(names: &[&str]) -> String {
+    const SHOWN: usize = 20;
+    if names.len() <= SHOWN {
+        format!("{names:?}")
+    } else {
+        format!("{:?} and {} more", &names[..SHOWN], names.len() - SHOWN)
     }
 }
 
