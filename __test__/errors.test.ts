@@ -1,7 +1,7 @@
 import { truncateSync, copyFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { layers, load, optimizers, sequential, tensor, type LayerSpec } from '../src/index.js';
+import { layers, load, memoryNetwork, optimizers, sequential, tensor, type LayerSpec } from '../src/index.js';
 import { tempDir } from './helpers.js';
 
 function model() {
@@ -77,6 +77,33 @@ describe('bad input gives a clear error and never crashes the process', () => {
     await expect(m.fit(ids(2, 3), ids(2, 3), { epocs: 2 } as never)).rejects.toThrow(/unknown option epocs/);
   });
 
+  it('names the layer and field of an option of the wrong type, without JSON positions', () => {
+    const err = (f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        return e as Error;
+      }
+      throw new Error('expected an error');
+    };
+    const e = err(() => sequential([layers.dense({ units: 4, inputSize: 2 }), layers.lstm({ hiddenSize: null as never })]));
+    expect(e).toBeInstanceOf(TypeError);
+    expect(e.message).toBe('model spec: layer 1 (lstm): hiddenSize must be a non-negative integer, got null');
+    expect(err(() => sequential([layers.lstm({ inputSize: 2, hiddenSize: 3, bidirectional: {} as never })])).message).toBe(
+      'model spec: layer 0 (lstm): bidirectional must be true or false, got an object',
+    );
+    expect(err(() => memoryNetwork({ vocabSize: 10, sentenceLen: 3, hops: 2.5 })).message).toBe(
+      'memoryNetwork options: hops must be a non-negative integer, got 2.5',
+    );
+    const m = model();
+    expect(err(() => m.compile({ optimizer: optimizers.adam({ beta1: 'x' as never }), loss: 'mse' })).message).toBe(
+      'compile options: optimizer: beta1 must be a number, got "x"',
+    );
+    expect(err(() => m.compile({ optimizer: optimizers.adam(), loss: { type: 'crossEntropy', ignoreIndex: 1.5 } })).message).toBe(
+      'compile options: loss: ignoreIndex must be an integer, got 1.5',
+    );
+  });
+
   it('explains a first layer that needs inputSize, and bad sizes', () => {
     expect(() => sequential([layers.lstm({ hiddenSize: 3 })])).toThrow(/needs inputSize/);
     expect(() => sequential([layers.dense({ inputSize: 2, units: 0 })])).toThrow(/units must be a positive integer/);
@@ -126,7 +153,8 @@ describe('bad input gives a clear error and never crashes the process', () => {
     const cut = join(dir, 'cut.safetensors');
     copyFileSync(good, cut);
     truncateSync(cut, 100);
-    await expect(load(cut)).rejects.toThrow(/cut\.safetensors: not a valid safetensors file/);
+    await expect(load(cut)).rejects.toThrow(/^load .*cut\.safetensors: not a valid safetensors file/);
+    await expect(load(cut)).rejects.toHaveProperty('path', cut);
     const junk = join(dir, 'junk.safetensors');
     writeFileSync(junk, 'this is not a checkpoint at all, just text');
     await expect(load(junk)).rejects.toThrow(/junk\.safetensors/);

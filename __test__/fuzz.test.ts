@@ -22,7 +22,7 @@ import {
 import { seededRandom } from '../src/batching.js';
 import { tempDir } from './helpers.js';
 
-const CALLS = 10_000;
+const CALLS = Number(process.env.ENGRAM_FUZZ_CALLS ?? 10_000);
 const SEED = Number(process.env.ENGRAM_FUZZ_SEED ?? 20261202);
 
 const rand = seededRandom(SEED);
@@ -136,7 +136,7 @@ it(`settles ${CALLS} random calls with named errors and leaves good calls unchan
   let calls = 0;
   let scratch: Model = decoder();
 
-  const settle = async (what: string, f: () => unknown, mustFail: boolean) => {
+  const settle = async (what: string, f: () => unknown, mustFail: boolean, names: RegExp) => {
     calls++;
     let err: unknown;
     try {
@@ -155,32 +155,37 @@ it(`settles ${CALLS} random calls with named errors and leaves good calls unchan
     }
     const name = err instanceof AbortError ? 'AbortError' : err.constructor.name;
     classes.set(name, (classes.get(name) ?? 0) + 1);
-    if (!err.message || /Failed to convert|internal error|capacity overflow|panicked|unreachable|os error/i.test(err.message)) {
+    if (process.env.ENGRAM_FUZZ_MESSAGES) process.stderr.write(`MSG ${what} | ${name} | ${err.message.slice(0, 110)}\n`);
+    if (!err.message || /Failed to convert|internal error|capacity overflow|panicked|unreachable|os error/i.test(err.message) || /(options|spec)\b.*at line \d+ column/.test(err.message)) {
       problems.push(`${what}: ${name}: ${err.message}`);
+    } else if (!names.test(err.message)) {
+      problems.push(`${what}: ${name} does not name the argument (${names}): ${err.message}`);
     }
   };
 
-  const bad: Array<() => [string, () => unknown, boolean]> = [
-    () => ['sequential(random)', () => sequential(Array.from({ length: 1 + int(3) }, randomSpec) as never, rand() < 0.3 ? (junk() as never) : {}), false],
-    () => ['memoryNetwork(random)', () => memoryNetwork({ vocabSize: size(), sentenceLen: size(), embedDim: size(), hops: size(), memorySize: size() } as never), false],
-    () => ['trainStep(bad x)', () => fuzzed.trainStep(badTensor() as never, ids(2, 3, 0)), true],
-    () => ['trainStep(bad y)', () => fuzzed.trainStep(ids(2, 3, 0), badTensor() as never), true],
-    () => ['trainStep(bad options)', () => fuzzed.trainStep(ids(2, 3, 0), ids(2, 3, 1), { initialState: junk() ?? 5, signal: 'no' } as never), true],
-    () => ['predict(bad)', () => fuzzed.predict(badTensor() as never, rand() < 0.5 ? { batchSize: junk() as never } : {}), true],
-    () => ['evaluate(bad)', () => fuzzed.evaluate(badTensor() as never, badTensor() as never), true],
-    () => ['fit(bad) on scratch', () => scratch.fit(ids(4, 3, 0), ids(4, 3, 1), { [pick(['epochs', 'batchSize', 'validationSplit', 'verbose', 'signal', 'callbacks', 'epocs'])]: junk() } as never), false],
-    () => ['generate(bad)', () => gen.generate(rand() < 0.5 ? (junk() as never) : [1, 99], { maxTokens: pick([1e12, -1, NaN, 2.5, undefined]) } as never), true],
-    () => ['generate(bad options)', () => gen.generate([1], junk() as never), true],
-    () => ['compile(bad) on scratch', () => scratch.compile({ optimizer: rand() < 0.5 ? junk() : optimizers.adam({ learningRate: junk() as never }), loss: junk() } as never), false],
-    () => ['learningRate = junk', () => ((fuzzed as { learningRate: unknown }).learningRate = pick([NaN, -1, '3', null, {}, Infinity])), true],
-    () => ['setWeights(bad)', () => fuzzed.setWeights({ [pick(['0.weight', 'nope', '1.weight_ih_l0'])]: badTensor() } as never), true],
-    () => ['save(bad path)', () => fuzzed.save(pick([join(dir, 'no', 'such', 'm.safetensors'), files.folder, '', null, 5, {}, undefined]) as never), true],
-    () => ['load(bad file)', () => load(pick([files.truncated, files.corrupt, files.folder, files.missing, files.torch, null, 5, {}]) as never), true],
-    () => ['loadWeights(bad file)', () => fuzzed.loadWeights(pick([files.truncated, files.corrupt, files.folder, files.missing, files.torch])), true],
-    () => ['setMemoryBudget(bad)', () => setMemoryBudget(pick([-1, 0, NaN, 'lots', {}, '1e30 TiB']) as never), true],
-    () => ['memoryBudget()', () => memoryBudget(), false],
-    () => ['huge model', () => sequential([layers.lstm({ inputSize: 8, hiddenSize: pick([100000, 2 ** 30]) })]), true],
-    () => ['huge call on scratch', () => scratch.predict(ids(pick([1024, 4096]), 16, 0), { batchSize: 4096 }).then(() => scratch.predict(ids(1, 4096, 0))), true],
+  // Each kind of call: what it is, the call, whether it must fail, and what its error must name (the argument,
+  // option, layer, file operation or call at fault).
+  const bad: Array<() => [string, () => unknown, boolean, RegExp]> = [
+    () => ['sequential(random)', () => sequential(Array.from({ length: 1 + int(3) }, randomSpec) as never, rand() < 0.3 ? (junk() as never) : {}), false, /^sequential: |^model spec: layer \d+|^layer \d+ \(\w+\)/],
+    () => ['memoryNetwork(random)', () => memoryNetwork({ vocabSize: size(), sentenceLen: size(), embedDim: size(), hops: size(), memorySize: size() } as never), false, /memoryNetwork/],
+    () => ['trainStep(bad x)', () => fuzzed.trainStep(badTensor() as never, ids(2, 3, 0)), true, /\bx\b/],
+    () => ['trainStep(bad y)', () => fuzzed.trainStep(ids(2, 3, 0), badTensor() as never), true, /\by\b/],
+    () => ['trainStep(bad options)', () => fuzzed.trainStep(ids(2, 3, 0), ids(2, 3, 1), { initialState: junk() ?? 5, signal: 'no' } as never), true, /initialState|signal/],
+    () => ['predict(bad)', () => fuzzed.predict(badTensor() as never, rand() < 0.5 ? { batchSize: junk() as never } : {}), true, /\bx\b|predict: batchSize|positionalEncoding/],
+    () => ['evaluate(bad)', () => fuzzed.evaluate(badTensor() as never, badTensor() as never), true, /\bx\b|\by\b|evaluate: (batch|batchSize)/],
+    () => ['fit(bad) on scratch', () => scratch.fit(ids(4, 3, 0), ids(4, 3, 1), { [pick(['epochs', 'batchSize', 'validationSplit', 'verbose', 'signal', 'callbacks', 'epocs'])]: junk() } as never), false, /^fit: /],
+    () => ['generate(bad)', () => gen.generate(rand() < 0.5 ? (junk() as never) : [1, 99], { maxTokens: pick([1e12, -1, NaN, 2.5, undefined]) } as never), true, /^generate(:| of)/],
+    () => ['generate(bad options)', () => gen.generate([1], junk() as never), true, /^generate: /],
+    () => ['compile(bad) on scratch', () => scratch.compile({ optimizer: rand() < 0.5 ? junk() : optimizers.adam({ learningRate: junk() as never }), loss: junk() } as never), false, /^compile( options)?: /],
+    () => ['learningRate = junk', () => ((fuzzed as { learningRate: unknown }).learningRate = pick([NaN, -1, '3', null, {}, Infinity])), true, /^learningRate /],
+    () => ['setWeights(bad)', () => fuzzed.setWeights({ [pick(['0.weight', 'nope', '1.weight_ih_l0'])]: badTensor() } as never), true, /^setWeights|^weights\./],
+    () => ['save(bad path)', () => fuzzed.save(pick([join(dir, 'no', 'such', 'm.safetensors'), files.folder, '', null, 5, {}, undefined]) as never), true, /^save[: ]/],
+    () => ['load(bad file)', () => load(pick([files.truncated, files.corrupt, files.folder, files.missing, files.torch, null, 5, {}]) as never), true, /^load[: ]/],
+    () => ['loadWeights(bad file)', () => fuzzed.loadWeights(pick([files.truncated, files.corrupt, files.folder, files.missing, files.torch])), true, /^loadWeights /],
+    () => ['setMemoryBudget(bad)', () => setMemoryBudget(pick([-1, 0, NaN, 'lots', {}, '1e30 TiB']) as never), true, /^setMemoryBudget /],
+    () => ['memoryBudget()', () => memoryBudget(), false, /memoryBudget/],
+    () => ['huge model', () => sequential([layers.lstm({ inputSize: 8, hiddenSize: pick([100000, 2 ** 30]) })]), true, /^layer 0 \(lstm\) with hiddenSize \d+/],
+    () => ['huge call on scratch', () => scratch.predict(ids(pick([1024, 4096]), 16, 0), { batchSize: 4096 }).then(() => scratch.predict(ids(1, 4096, 0))), true, /^predict|positionalEncoding/],
     () => [
       'aborted call on scratch',
       () => {
@@ -191,11 +196,31 @@ it(`settles ${CALLS} random calls with named errors and leaves good calls unchan
         return p;
       },
       false,
+      /^generate: /,
     ],
     () => [
       'concurrent calls on scratch',
       () => Promise.all([scratch.predict(ids(2, 4, 0)), scratch.trainStep(ids(2, 4, 0), ids(2, 4, 1)), scratch.generate([3], { maxTokens: 5 }), scratch.evaluate(ids(2, 4, 0), ids(2, 4, 2))]),
       false,
+      /disposed/,
+    ],
+    () => [
+      'weights off the event loop, bad or aborted',
+      () => {
+        const ac = new AbortController();
+        if (rand() < 0.5) ac.abort();
+        return rand() < 0.5
+          ? scratch.getWeightsAsync({ signal: ac.signal })
+          : scratch.setWeightsAsync({ [pick(['0.weight', 'nope'])]: badTensor() } as never, { strict: rand() < 0.5, signal: ac.signal });
+      },
+      false,
+      /^(getWeights|setWeights)|^weights\./,
+    ],
+    () => [
+      'several models at once',
+      () => Promise.all([scratch.trainStep(ids(2, 4, 0), ids(2, 4, 1)), gen.generate([2], { maxTokens: 3, seed: 1 }), scratch.predict(badTensor() as never)]),
+      true,
+      /\bx\b/,
     ],
     () => [
       'dispose mid-call',
@@ -207,6 +232,7 @@ it(`settles ${CALLS} random calls with named errors and leaves good calls unchan
         return p.then(() => m.predict(ids(1, 2, 0)));
       },
       true,
+      /disposed/,
     ],
   ];
 
@@ -221,9 +247,9 @@ it(`settles ${CALLS} random calls with named errors and leaves good calls unchan
       calls++;
       continue;
     }
-    const [what, f, mustFail] = pick(bad)();
+    const [what, f, mustFail, names] = pick(bad)();
     if (process.env.ENGRAM_FUZZ_TRACE) process.stderr.write(`${calls} ${what}\n`);
-    await settle(what, f, mustFail);
+    await settle(what, f, mustFail, names);
   }
   setMemoryBudget(undefined);
 

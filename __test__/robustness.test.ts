@@ -233,6 +233,25 @@ describe('cancellation', () => {
     for (const err of await Promise.all(running)) expect(err).toBeInstanceOf(AbortError);
   });
 
+  it('light getters answer while a call runs, and a queued evaluate waits its turn', async () => {
+    const m = decoder();
+    const stop = new AbortController();
+    const running = rejection(m.generate([1, 2], { maxTokens: 1e7, signal: stop.signal }));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(m.summary({ print: false })).toMatch(/transformerBlock/);
+    expect(m.step).toBe(0);
+    expect(m.learningRate).toBeGreaterThan(0);
+    expect(m.compileOptions?.loss).toEqual({ type: 'crossEntropy', ignoreIndex: -100, reduction: 'mean' });
+    expect(m.paramCount).toBeGreaterThan(0);
+    expect(m.memoryBytes).toBeGreaterThan(0);
+    const evaluated = m.evaluate(ids(2, 3), ids(2, 3));
+    stop.abort();
+    expect(await running).toBeInstanceOf(AbortError);
+    expect(Number.isFinite((await evaluated).loss)).toBe(true);
+    await m.trainStep(ids(2, 3), ids(2, 3));
+    expect(m.step).toBe(1);
+  });
+
   it('fit stopped by its signal resolves with the history of the epochs that finished', async () => {
     const m = lstmModel();
     const ac = new AbortController();

@@ -44,7 +44,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// [`write_atomic`], with `op` naming the operation in errors.
-pub fn write_atomic_as(op: &str, path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic_as(op: &'static str, path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_inner(op, path, bytes).map_err(|e| e.during(op))
+}
+
+fn write_atomic_inner(op: &str, path: &Path, bytes: &[u8]) -> Result<()> {
     if path.is_dir() {
         return Err(io(op, path)(std::io::Error::from(std::io::ErrorKind::IsADirectory)));
     }
@@ -173,11 +177,11 @@ pub trait Checkpointed: Sized {
 /// The kind a checkpoint holds (`sequential`, `memoryNetwork`, ...), read from its header only.
 pub fn stored_kind(path: impl AsRef<Path>) -> Result<String> {
     let path = path.as_ref();
-    let (meta, _) = read_header("load", path)?;
+    let (meta, _) = read_header("load", path).map_err(|e| e.during("load"))?;
     match (meta.get(KIND), meta.get(MODEL)) {
         (Some(k), _) => Ok(k.clone()),
         (None, Some(_)) => Ok(Sequential::KIND.to_string()),
-        (None, None) => Err(no_spec(path)),
+        (None, None) => Err(no_spec(path).during("load")),
     }
 }
 
@@ -232,7 +236,10 @@ pub fn load<M: Checkpointed>(path: impl AsRef<Path>, device: &Device) -> Result<
 
 /// [`load`], after checking from the file's header that the model and the file's contents fit `budget`.
 pub fn load_with<M: Checkpointed>(path: impl AsRef<Path>, device: &Device, budget: &Budget) -> Result<M> {
-    let path = path.as_ref();
+    load_inner(path.as_ref(), device, budget).map_err(|e| e.during("load"))
+}
+
+fn load_inner<M: Checkpointed>(path: &Path, device: &Device, budget: &Budget) -> Result<M> {
     let (meta, file_len) = read_header("load", path)?;
     let config = stored_config::<M>(path, &meta)?;
     let plan = M::plan(&config, device, budget)?;
@@ -314,7 +321,10 @@ pub fn load_with<M: Checkpointed>(path: impl AsRef<Path>, device: &Device, budge
 /// `safetensors.torch.save_file`, or an engram checkpoint) into this model. `prefix` is stripped from
 /// the stored names first. Every parameter must be present with its shape; nothing changes otherwise.
 pub fn load_weights(t: &mut Trainer, path: impl AsRef<Path>, prefix: &str) -> Result<()> {
-    let path = path.as_ref();
+    load_weights_inner(t, path.as_ref(), prefix).map_err(|e| e.during("loadWeights"))
+}
+
+fn load_weights_inner(t: &mut Trainer, path: &Path, prefix: &str) -> Result<()> {
     let (_, file_len) = read_header("loadWeights", path)?;
     t.check_call((Bytes(file_len) * 2).get(), false, || format!("loadWeights {}", path.display()))?;
     let (tensors, _) = {

@@ -30,9 +30,10 @@ pub enum Error {
     /// The model is not in a state that allows the call (not compiled, ...).
     #[error("{0}")]
     State(String),
-    /// A checkpoint or state-dict file that cannot be used.
-    #[error("{path}: {reason}")]
-    Checkpoint { path: PathBuf, reason: String },
+    /// A checkpoint or state-dict file that cannot be used: `op` is what engram was doing (`load`), once the
+    /// error has left the checkpoint code (see [`Error::during`]).
+    #[error("{}", checkpoint_text(op, path, reason))]
+    Checkpoint { op: &'static str, path: PathBuf, reason: String },
     /// A file operation that failed: `op` is what engram was doing (`save`, `load`), `path` the user's path.
     #[error("{op} {}: {}", path.display(), io_message(source))]
     Io { op: String, path: PathBuf, source: std::io::Error },
@@ -62,7 +63,24 @@ impl Error {
     }
 
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.into(), reason: reason.into() }
+        Error::Checkpoint { op: "", path: path.into(), reason: reason.into() }
+    }
+
+    /// Names the operation in a checkpoint error that does not name one yet.
+    pub(crate) fn during(self, op: &'static str) -> Self {
+        match self {
+            Error::Checkpoint { op: "", path, reason } => Error::Checkpoint { op, path, reason },
+            e => e,
+        }
+    }
+}
+
+/// `load /models/m.safetensors: not a valid safetensors file ...`, as file errors read.
+fn checkpoint_text(op: &str, path: &std::path::Path, reason: &str) -> String {
+    match (op, path.as_os_str().is_empty()) {
+        ("", _) => format!("{}: {reason}", path.display()),
+        (op, true) => format!("{op}: the path is empty"),
+        (op, false) => format!("{op} {}: {reason}", path.display()),
     }
 }
 

@@ -30,6 +30,10 @@ pub fn to_napi(e: CoreError) -> napi::Error {
             });
             napi::Error::from_reason(format!("{class}: {e} ({code}){PROPS}{props}"))
         }
+        CoreError::Checkpoint { path, .. } => {
+            let props = serde_json::json!({ "path": path.to_string_lossy() });
+            napi::Error::from_reason(format!("{class}: {e}{PROPS}{props}"))
+        }
         _ => napi::Error::from_reason(format!("{class}: {e}")),
     }
 }

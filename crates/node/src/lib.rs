@@ -5,6 +5,7 @@ mod device;
 mod error;
 mod model;
 mod net;
+mod options;
 mod tensor;
 mod worker;
 

@@ -16,10 +16,72 @@ use napi_derive::napi;
 use crate::device;
 use crate::error::{abort_error, guard, state_error, to_napi, type_error};
 use crate::net::Net;
+use crate::options::parse_json;
 use crate::tensor::{JsState, JsTensor, NamedTensor, states_to_host, to_host, to_js};
 use crate::worker;
 
-type Shared = Arc<Mutex<Option<Net>>>;
+/// A model and what its light getters answer.
+struct Handle {
+    net: Mutex<Option<Net>>,
+    facts: Mutex<Facts>,
+}
+
+type Shared = Arc<Handle>;
+
+/// What the light getters (`summary`, `step`, `learningRate`, `compileOptions` ...) answer, kept beside the
+/// model so that they never wait for, or fail on, a call in flight on a worker thread: the fixed facts once,
+/// the changing ones after every call.
+struct Facts {
+    kind: &'static str,
+    summary: String,
+    config_json: String,
+    param_count: f64,
+    param_bytes: f64,
+    now: Changing,
+    disposed: bool,
+}
+
+/// The facts a call may change.
+#[derive(Default)]
+struct Changing {
+    compile_json: Option<String>,
+    learning_rate: Option<f64>,
+    compiled_learning_rate: Option<f64>,
+    step_count: f64,
+    memory_bytes: f64,
+    linear: bool,
+}
+
+impl Facts {
+    fn of(net: &Net) -> Result<Facts> {
+        Ok(Facts {
+            kind: net.kind(),
+            summary: net.summary(),
+            config_json: net.config_json().map_err(to_napi)?,
+            param_count: net.trainer().param_count() as f64,
+            param_bytes: net.trainer().param_bytes() as f64,
+            now: Changing::of(net)?,
+            disposed: false,
+        })
+    }
+}
+
+impl Changing {
+    fn of(net: &Net) -> Result<Changing> {
+        let t = net.trainer();
+        Ok(Changing {
+            compile_json: t
+                .compile_config()
+                .map(|c| serde_json::to_string(c).map_err(|e| state_error(format!("compileConfig: {e}"))))
+                .transpose()?,
+            learning_rate: t.learning_rate(),
+            compiled_learning_rate: t.compiled_learning_rate(),
+            step_count: t.step_count() as f64,
+            memory_bytes: (t.resident_bytes() + t.optimizer_bytes()) as f64,
+            linear: net.is_linear(),
+        })
+    }
+}
 
 #[napi]
 pub struct Model {
@@ -27,13 +89,26 @@ pub struct Model {
     device: String,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| type_error(format!("{what}: {e}")))
+impl Model {
+    fn new(net: Net, device: String) -> Result<Model> {
+        let facts = Facts::of(&net)?;
+        Ok(Model { inner: Arc::new(Handle { net: Mutex::new(Some(net)), facts: Mutex::new(facts) }), device })
+    }
+
+    /// Reads the model's facts (see [`Facts`]); fails only once it is disposed.
+    fn fact<T>(&self, op: &str, f: impl FnOnce(&Facts) -> T) -> Result<T> {
+        let facts = self.inner.facts.lock().unwrap_or_else(|p| p.into_inner());
+        if facts.disposed {
+            return Err(state_error(format!("{op}: the model has been disposed")));
+        }
+        Ok(f(&facts))
+    }
 }
 
-/// Locks the model for one call, or explains why it cannot be used now.
+/// Locks the model for one call, or explains why it cannot be used now; afterwards its changing facts are
+/// brought up to date.
 fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Net) -> Result<T>) -> Result<T> {
-    let mut guard: MutexGuard<Option<Net>> = match inner.try_lock() {
+    let mut guard: MutexGuard<Option<Net>> = match inner.net.try_lock() {
         Ok(g) => g,
         Err(TryLockError::WouldBlock) => {
             return Err(state_error(format!(
@@ -46,10 +121,13 @@ fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Net) -> Result<T>
             )));
         }
     };
-    match guard.as_mut() {
-        Some(m) => f(m),
-        None => Err(state_error(format!("{op}: the model has been disposed"))),
-    }
+    let Some(m) = guard.as_mut() else {
+        return Err(state_error(format!("{op}: the model has been disposed")));
+    };
+    let out = f(m);
+    let now = Changing::of(m)?;
+    inner.facts.lock().unwrap_or_else(|p| p.into_inner()).now = now;
+    out
 }
 
 /// A flag that stops the call it is given to (see `engram_core::cancel`): set by an `AbortSignal` or by
@@ -152,7 +230,7 @@ impl Model {
         let budget = budget(max_memory)?;
         let (on, device) = device::current()?;
         let net = guard("create", || spec.build(&on, &budget))?;
-        Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device })
+        Model::new(net, device)
     }
 
     /// Checks a spec of `kind` (`sequential`, `memoryNetwork`) and its memory against the budget, allocating
@@ -195,7 +273,7 @@ impl Model {
     /// `sequential` or `memoryNetwork`.
     #[napi(catch_unwind)]
     pub fn kind(&self) -> Result<String> {
-        with_model(&self.inner, "kind", |m| Ok(m.kind().to_string()))
+        self.fact("kind", |f| f.kind.to_string())
     }
 
     /// Memory networks: linear start (attention without softmax) on or off.
@@ -206,7 +284,7 @@ impl Model {
 
     #[napi(catch_unwind)]
     pub fn get_linear_start(&self) -> Result<bool> {
-        with_model(&self.inner, "linearStart", |m| Ok(m.is_linear()))
+        self.fact("linearStart", |f| f.now.linear)
     }
 
     /// Sequential models: forgets the state that `stateful` recurrent layers carry between calls.
@@ -267,19 +345,19 @@ impl Model {
 
     #[napi(catch_unwind)]
     pub fn get_learning_rate(&self) -> Result<Option<f64>> {
-        with_model(&self.inner, "getLearningRate", |m| Ok(m.trainer().learning_rate()))
+        self.fact("learningRate", |f| f.now.learning_rate)
     }
 
     /// The learning rate compile set, before any schedule changed it.
     #[napi(catch_unwind)]
     pub fn get_compiled_learning_rate(&self) -> Result<Option<f64>> {
-        with_model(&self.inner, "compiledLearningRate", |m| Ok(m.trainer().compiled_learning_rate()))
+        self.fact("compiledLearningRate", |f| f.now.compiled_learning_rate)
     }
 
     /// Optimizer steps taken since compile.
     #[napi(catch_unwind)]
     pub fn step_count(&self) -> Result<f64> {
-        with_model(&self.inner, "stepCount", |m| Ok(m.trainer().step_count() as f64))
+        self.fact("step", |f| f.now.step_count)
     }
 
     /// One forward, loss, backward and update on a batch. Resolves to `{ loss, gradNorm }`.
@@ -386,46 +464,44 @@ impl Model {
     /// Bytes of the trainable parameters: what `getWeights` copies.
     #[napi(catch_unwind)]
     pub fn param_bytes(&self) -> Result<f64> {
-        with_model(&self.inner, "paramBytes", |m| Ok(m.trainer().param_bytes() as f64))
+        self.fact("paramBytes", |f| f.param_bytes)
     }
 
     #[napi(catch_unwind)]
     pub fn summary(&self) -> Result<String> {
-        with_model(&self.inner, "summary", |m| Ok(m.summary()))
+        self.fact("summary", |f| f.summary.clone())
     }
 
     /// The spec the model was built from, as JSON.
     #[napi(catch_unwind)]
     pub fn config_json(&self) -> Result<String> {
-        with_model(&self.inner, "config", |m| m.config_json().map_err(to_napi))
+        self.fact("config", |f| f.config_json.clone())
     }
 
     /// The compile options, as JSON, or null before compile.
     #[napi(catch_unwind)]
     pub fn compile_json(&self) -> Result<Option<String>> {
-        with_model(&self.inner, "compileConfig", |m| {
-            m.trainer()
-                .compile_config()
-                .map(|c| serde_json::to_string(c).map_err(|e| state_error(format!("compileConfig: {e}"))))
-                .transpose()
-        })
+        self.fact("compileConfig", |f| f.now.compile_json.clone())
     }
 
     #[napi(catch_unwind)]
     pub fn param_count(&self) -> Result<f64> {
-        with_model(&self.inner, "paramCount", |m| Ok(m.trainer().param_count() as f64))
+        self.fact("paramCount", |f| f.param_count)
     }
 
     /// Frees the weights. Later calls fail with a clear error; disposing twice is harmless.
     #[napi(catch_unwind)]
     pub fn dispose(&self) -> Result<()> {
-        match self.inner.try_lock() {
+        let gone = || self.inner.facts.lock().unwrap_or_else(|p| p.into_inner()).disposed = true;
+        match self.inner.net.try_lock() {
             Ok(mut g) => {
                 *g = None;
+                gone();
                 Ok(())
             }
             Err(TryLockError::Poisoned(p)) => {
                 *p.into_inner() = None;
+                gone();
                 Ok(())
             }
             Err(TryLockError::WouldBlock) => {
@@ -443,16 +519,12 @@ impl Model {
     /// Bytes the model holds: parameters, lasting tables and optimizer state.
     #[napi(catch_unwind)]
     pub fn memory_bytes(&self) -> Result<f64> {
-        with_model(&self.inner, "memory", |m| Ok((m.trainer().resident_bytes() + m.trainer().optimizer_bytes()) as f64))
+        self.fact("memoryBytes", |f| f.now.memory_bytes)
     }
 
     #[napi(getter, catch_unwind)]
     pub fn is_disposed(&self) -> bool {
-        match self.inner.try_lock() {
-            Ok(g) => g.is_none(),
-            Err(TryLockError::Poisoned(p)) => p.into_inner().is_none(),
-            Err(TryLockError::WouldBlock) => false,
-        }
+        self.inner.facts.lock().unwrap_or_else(|p| p.into_inner()).disposed
     }
 }
 
@@ -484,7 +556,7 @@ fn make_model<'env>(
             })
         })
     };
-    worker::run(env, work, |_, (net, device)| Ok(Model { inner: Arc::new(Mutex::new(Some(net))), device }))
+    worker::run(env, work, |_, (net, device)| Model::new(net, device))
 }
 
 /// The process's memory budget.

@@ -139,11 +139,15 @@ impl Params {
 
     /// Values in the parameters (planned or allocated) and in the model's other lasting tensors, saturating.
     pub(crate) fn resident_elems(&self) -> u64 {
-        let params = match &self.planned {
+        self.param_elems().saturating_add(self.buffer_elems)
+    }
+
+    /// Values in the parameters (planned or allocated), saturating.
+    pub(crate) fn param_elems(&self) -> u64 {
+        match &self.planned {
             Some(_) => self.planned_elems,
-            None => self.entries.iter().map(|(_, v)| v.elem_count() as u64).sum(),
-        };
-        params.saturating_add(self.buffer_elems)
+            None => self.entries.iter().fold(0u64, |a, (_, v)| a.saturating_add(v.elem_count() as u64)),
+        }
     }
 
     /// Values in the largest parameter.

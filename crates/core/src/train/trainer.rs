@@ -97,7 +97,7 @@ impl Trainer {
     }
 
     fn param_elems(&self) -> u64 {
-        self.params.shapes().iter().fold(0u64, |a, (_, s)| a.saturating_add(memory::elems(s)))
+        self.params.param_elems()
     }
 
     /// The optimizer's phase of a step, after the activations are freed: every gradient, and for the
