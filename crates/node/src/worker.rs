@@ -9,10 +9,7 @@
 //! On WebAssembly the calls stay on the runtime's async work queue (its workers are what wasi threads are made
 //! of there), through the same [`run`].
 
-use napi::bindgen_prelude::{Env, PromiseRaw, Result, ToNapiValue};
-
-/// What a worker hands back to the JS thread: it builds the JS value there.
-pub type Resolver<R> = Box<dyn FnOnce(Env) -> Result<R> + Send>;
+use napi::bindgen_prelude::{Env, PromiseRaw, Result, ToNapiValue, TypeName};
 
 /// Runs `work` off the event loop and returns a promise of what `resolve` makes of its result (on the JS
 /// thread). `work` runs under the caller's own `guard` and cancellation; its error rejects the promise.
@@ -23,11 +20,13 @@ pub fn run<'env, T, R>(
 ) -> Result<PromiseRaw<'env, R>>
 where
     T: Send + 'static,
-    R: ToNapiValue + 'static,
+    R: ToNapiValue + TypeName + 'static,
 {
     #[cfg(not(target_family = "wasm"))]
     {
         use napi::JsValue;
+        /// What a worker hands back to the JS thread: it builds the JS value there.
+        type Resolver<R> = Box<dyn FnOnce(Env) -> Result<R> + Send>;
         let (deferred, promise) = env.create_deferred::<R, Resolver<R>>()?;
         let value = promise.value();
         pool::submit(Box::new(move || match work() {
@@ -121,7 +120,7 @@ mod pool {
 
 #[cfg(target_family = "wasm")]
 mod wasm {
-    use napi::bindgen_prelude::{Env, Result, ToNapiValue};
+    use napi::bindgen_prelude::{Env, Result, ToNapiValue, TypeName};
     use napi::{Error, Task};
 
     type Work<T> = Box<dyn FnOnce() -> Result<T> + Send>;
@@ -133,7 +132,7 @@ mod wasm {
         pub resolve: Option<Resolve<T, R>>,
     }
 
-    impl<T: Send + 'static, R: ToNapiValue> Task for Once<T, R> {
+    impl<T: Send + 'static, R: ToNapiValue + TypeName> Task for Once<T, R> {
         type Output = T;
         type JsValue = R;
 
