@@ -83,6 +83,10 @@ describe('sizes that do not fit are refused before they are allocated', () => {
     expect(e).toBeInstanceOf(RangeError);
     expect(e?.message).toMatch(/layer 0 \(embedding\) with dim 1048576, vocabSize 1099511627776 needs 4\.00 EiB of parameters/);
     expect(e?.message).not.toMatch(/capacity overflow/);
+    // A list of a million layers is refused before it is even serialised.
+    expect(() => sequential(Array.from({ length: 1e6 }, () => layers.dropout({ rate: 0.1 })))).toThrow(
+      /sequential: the number of layers must be at most 10000, got 1000000/,
+    );
   });
 
   it('takes ENGRAM_MAX_MEMORY and a per-model maxMemory', () => {

@@ -664,6 +664,10 @@ function sequentialSpec(op: string, layerSpecs: LayerSpec[], options: Sequential
   if (!Array.isArray(layerSpecs)) {
     throw new TypeError(`${op}: layers must be an array of layer specs, got ${describe(layerSpecs)}`);
   }
+  // As the core's limit, checked before the specs are serialised.
+  if (layerSpecs.length > MAX_LAYERS) {
+    throw new RangeError(`${op}: the number of layers must be at most ${MAX_LAYERS}, got ${layerSpecs.length}`);
+  }
   if (typeof options !== 'object' || options === null) throw new TypeError(`${op}: options must be an object, got ${describe(options)}`);
   const { seed, dtype, maxMemory, ...rest } = options;
   const extra = Object.keys(rest);
@@ -678,6 +682,9 @@ function sequentialSpec(op: string, layerSpecs: LayerSpec[], options: Sequential
   };
   return [JSON.stringify(spec), maxMemory === undefined ? undefined : parseBytes(`${op}: maxMemory`, maxMemory)];
 }
+
+/** Layers a sequential model may have (the core's `MAX_LAYERS`). */
+const MAX_LAYERS = 10_000;
 
 /** Parameters (bytes) a synchronous factory initialises on the event loop: about 20-40 ms of work. */
 const SYNC_BUILD_BYTES = 64 * 2 ** 20;

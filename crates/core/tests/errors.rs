@@ -356,3 +356,23 @@ fn integer_tensors_come_back_as_integers() {
     let w = HostTensor::from_tensor(&t.reshape((1, 3)).unwrap()).unwrap();
     assert_err(m.set_weights(&[("0.weight".into(), w)], true), ErrorKind::Type, "float");
 }
+
+#[test]
+fn more_layers_than_any_model_has_are_a_range_error() {
+    let dropout = json!({ "type": "dropout", "rate": 0.1 });
+    let cfg: SequentialConfig = serde_json::from_value(json!({ "layers": vec![dropout; 10_001] })).unwrap();
+    let r = engram_core::Sequential::new(cfg).map(|_| ());
+    assert_err(r, ErrorKind::Range, "sequential: the number of layers must be at most 10000, got 10001");
+}
+
+#[test]
+fn ten_thousand_layers_build_with_every_parameter_counted() {
+    // Parameters are counted as they are added (no sum over all of them per layer); the count must still be
+    // exact at the largest number of layers allowed.
+    let dense = json!({ "type": "dense", "units": 2 });
+    let mut layers = vec![json!({ "type": "dense", "units": 2, "inputSize": 2 })];
+    layers.extend(std::iter::repeat_n(dense, 9_999));
+    let cfg: SequentialConfig = serde_json::from_value(json!({ "layers": layers })).unwrap();
+    let m = engram_core::Sequential::new(cfg).unwrap();
+    assert_eq!(m.param_count(), 10_000 * 6);
+}

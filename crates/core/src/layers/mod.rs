@@ -94,8 +94,8 @@ pub struct Params {
     planned: Option<Vec<(String, Vec<usize>)>>,
     /// Every name taken, planned or allocated, with its index.
     index: HashMap<String, usize>,
-    /// Elements of the planned parameters, saturating.
-    planned_elems: u64,
+    /// Elements of the parameters, planned or allocated, saturating.
+    param_elems: u64,
     /// Elements of tensors that are not parameters but live as long as the model (a sinusoidal table).
     buffer_elems: u64,
 }
@@ -144,10 +144,7 @@ impl Params {
 
     /// Values in the parameters (planned or allocated), saturating.
     pub(crate) fn param_elems(&self) -> u64 {
-        match &self.planned {
-            Some(_) => self.planned_elems,
-            None => self.entries.iter().fold(0u64, |a, (_, v)| a.saturating_add(v.elem_count() as u64)),
-        }
+        self.param_elems
     }
 
     /// Values in the largest parameter.
@@ -170,6 +167,7 @@ impl Params {
     /// Registers a parameter and returns its index.
     pub(crate) fn add(&mut self, name: String, value: Var) -> Result<usize> {
         self.claim(&name)?;
+        self.param_elems = self.param_elems.saturating_add(value.elem_count() as u64);
         self.entries.push((name, value));
         Ok(self.entries.len() - 1)
     }
@@ -177,7 +175,7 @@ impl Params {
     /// Registers a parameter of a dry run and returns its index.
     pub(crate) fn plan(&mut self, name: String, shape: &[usize]) -> Result<usize> {
         self.claim(&name)?;
-        self.planned_elems = self.planned_elems.saturating_add(crate::memory::elems(shape));
+        self.param_elems = self.param_elems.saturating_add(crate::memory::elems(shape));
         let planned = self.planned.get_or_insert_with(Vec::new);
         planned.push((name, shape.to_vec()));
         Ok(planned.len() - 1)

@@ -102,6 +102,9 @@ pub struct Sequential {
     trainer: Trainer,
 }
 
+/// Layers a sequential model may have.
+pub const MAX_LAYERS: usize = 10_000;
+
 impl Sequential {
     /// Builds the model on the CPU.
     pub fn new(config: SequentialConfig) -> Result<Self> {
@@ -154,11 +157,13 @@ impl Sequential {
         if config.layers.is_empty() {
             return Err(Error::Range("sequential: a model needs at least one layer".into()));
         }
+        // Far more than any real model; a list of a million layers would take seconds just to plan.
+        crate::layers::check_at_most("sequential", "the number of layers", config.layers.len(), MAX_LAYERS)?;
         let dtype = config.dtype.dtype();
         let mut rng = Rng::new(config.seed);
         let mut nodes = Vec::with_capacity(config.layers.len());
         let mut flow: Option<Flow> = None;
-        let mut names = Vec::new();
+        let mut names = std::collections::HashSet::new();
         for (i, spec) in config.layers.iter().enumerate() {
             let name = spec.name().map(str::to_string).unwrap_or_else(|| i.to_string());
             if name.is_empty() || name.contains('.') {
@@ -167,10 +172,9 @@ impl Sequential {
                     spec.type_name()
                 )));
             }
-            if names.contains(&name) {
+            if !names.insert(name.clone()) {
                 return Err(Error::Range(format!("layer {i}: the name {name:?} is used twice")));
             }
-            names.push(name.clone());
             let before = params.len();
             let resident_before = params.resident_elems();
             let mut b = Builder { params: &mut params, rng: &mut rng, dtype, device, prefix: name.clone() };
