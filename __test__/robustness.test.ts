@@ -2,6 +2,7 @@ import { pbkdf2 } from 'node:crypto';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -235,6 +236,32 @@ describe('cancellation', () => {
     expect(settled).toEqual([false, false, false, false, false, false]);
     stop.abort();
     for (const err of await Promise.all(running)) expect(err).toBeInstanceOf(AbortError);
+  });
+
+  it('a call made by a worker thread stops when the worker is terminated', async () => {
+    // The worker starts an endless generate on the native model directly and is terminated mid-call: the
+    // call's thread must stop (no one can await it any more) instead of computing on for hours.
+    const binding = fileURLToPath(new URL('../src/binding.cjs', import.meta.url));
+    const code = `
+      const { Model, CancelToken } = require(${JSON.stringify(binding)});
+      const spec = { layers: [{ type: 'embedding', vocabSize: 10, dim: 16 }, { type: 'positionalEncoding', maxLen: 4096 },
+        { type: 'transformerBlock', dModel: 16, nHeads: 2, causal: true, dropout: 0 }, { type: 'dense', units: 10 }], seed: 5, dtype: 'float32' };
+      const m = Model.create(JSON.stringify(spec));
+      m.generate(Int32Array.from([1, 2]), JSON.stringify({ maxTokens: 1e7, temperature: 1, seed: 1 }), new CancelToken()).catch(() => {});
+      require('node:worker_threads').parentPort.postMessage('started');
+    `;
+    const cpuOver = async (ms: number) => {
+      const before = process.cpuUsage();
+      await new Promise((r) => setTimeout(r, ms));
+      const d = process.cpuUsage(before);
+      return (d.user + d.system) / 1000 / ms;
+    };
+    const w = new Worker(code, { eval: true });
+    await new Promise((r) => w.once('message', r));
+    expect(await cpuOver(300)).toBeGreaterThan(0.5); // the call is running: about a core
+    await w.terminate();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(await cpuOver(500)).toBeLessThan(0.2); // and it stopped with its worker
   });
 
   it('light getters answer while a call runs, and a queued evaluate waits its turn', async () => {

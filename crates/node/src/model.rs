@@ -513,6 +513,7 @@ impl Model {
     /// Runs `work` on a worker thread, under `cancel`, with the model locked.
     fn job<'env>(&self, env: &'env Env, work: Work, cancel: &CancelToken) -> Result<PromiseRaw<'env, Output>> {
         let (inner, flag) = (self.inner.clone(), cancel.flag.clone());
+        worker::cancel_on_teardown(env, &flag)?;
         worker::run(env, move || work.run(&inner, &flag), |_, done| Ok(done.into_js()))
     }
 
@@ -548,6 +549,7 @@ fn make_model<'env>(
     make: impl FnOnce(&engram_core::Device) -> Result<Net> + Send + 'static,
 ) -> Result<PromiseRaw<'env, Model>> {
     let flag = cancel.flag.clone();
+    worker::cancel_on_teardown(env, &flag)?;
     let work = move || {
         cancellable(op, &flag, || {
             guard(op, || {

@@ -9,6 +9,9 @@
 //! On WebAssembly the calls stay on the runtime's async work queue (its workers are what wasi threads are made
 //! of there), through the same [`run`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
 use napi::bindgen_prelude::{Env, PromiseRaw, Result, ToNapiValue, TypeName};
 
 /// Runs `work` off the event loop and returns a promise of what `resolve` makes of its result (on the JS
@@ -41,6 +44,36 @@ where
         let task = wasm::Once { work: Some(Box::new(work)), resolve: Some(Box::new(resolve)) };
         Ok(env.spawn(task)?.promise_object())
     }
+}
+
+thread_local! {
+    /// The cancel flags of the calls this thread's Node environment (the main thread's, or a worker_threads
+    /// worker's: each runs on a thread of its own) has started; `None` until its teardown hook is installed.
+    static STARTED: std::cell::RefCell<Option<Vec<Weak<AtomicBool>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets `flag` when the Node environment that made the call goes away (a terminated worker, the process
+/// exiting), so a call nobody can await any more stops instead of running on for hours on its thread.
+pub fn cancel_on_teardown(env: &Env, flag: &Arc<AtomicBool>) -> Result<()> {
+    let first = STARTED.with(|s| s.borrow().is_none());
+    if first {
+        env.add_env_cleanup_hook((), |()| {
+            let flags = STARTED.with(|s| s.borrow_mut().take()).unwrap_or_default();
+            for f in flags.iter().filter_map(Weak::upgrade) {
+                f.store(true, Ordering::Relaxed);
+            }
+        })?;
+    }
+    STARTED.with(|s| {
+        let mut s = s.borrow_mut();
+        let list = s.get_or_insert_with(Vec::new);
+        // Flags of finished calls die with their tokens; drop them now and then, not on every call.
+        if list.len() >= 64 && list.len().is_power_of_two() {
+            list.retain(|w| w.strong_count() > 0);
+        }
+        list.push(Arc::downgrade(flag));
+    });
+    Ok(())
 }
 
 #[cfg(not(target_family = "wasm"))]
