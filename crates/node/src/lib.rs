@@ -3,16 +3,17 @@
 
 mod device;
 mod error;
+mod facts;
 mod model;
 mod net;
 mod options;
 mod tensor;
+mod work;
 mod worker;
 
 pub use device::{NativeBackend, native_backend};
-pub use model::{
-    CancelToken, MemoryBudget, Model, ModelPlan, StepResult, load_model, memory_budget, set_memory_budget,
-};
+pub use model::{CancelToken, MemoryBudget, Model, ModelPlan, load_model, memory_budget, set_memory_budget};
+pub use work::StepResult;
 
 /// Runs when the addon loads, on the JS thread, before any model exists.
 #[napi_derive::module_init]

@@ -1,87 +1,33 @@
 //! The native model handle. Heavy calls (`trainStep`, `predict`, `evaluate`, `generate`, `save`, `load`, and
 //! building a large model) run on engram's own worker threads (see [`crate::worker`]), each under a
-//! [`CancelToken`]; light ones are synchronous. A model runs one call at a time: a call that finds it busy fails at once (the facade queues
-//! calls, so users never see that).
+//! [`CancelToken`]; light ones are synchronous, and getters read the model's [`Facts`]. A model runs one call
+//! at a time: a call that finds it busy fails at once (the facade queues calls, so users never see that).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use engram_core::{
-    Budget, CompileConfig, GenerateConfig, HostTensor, InitialState, MemoryNetwork, MemoryNetworkConfig, Sequential,
-    SequentialConfig, Tally,
+    Budget, CompileConfig, GenerateConfig, HostTensor, MemoryNetwork, MemoryNetworkConfig, Sequential, SequentialConfig,
 };
-use napi::bindgen_prelude::{Either5, Env, Int32Array, PromiseRaw, Result};
+use napi::bindgen_prelude::{Env, Int32Array, PromiseRaw, Result};
 use napi_derive::napi;
 
 use crate::device;
-use crate::error::{abort_error, guard, state_error, to_napi, type_error};
+use crate::error::{guard, state_error, to_napi, type_error};
+use crate::facts::{Changing, Facts};
 use crate::net::Net;
 use crate::options::parse_json;
 use crate::tensor::{JsState, JsTensor, NamedTensor, states_to_host, to_host, to_js};
+use crate::work::{Output, Work, cancellable};
 use crate::worker;
 
 /// A model and what its light getters answer.
-struct Handle {
+pub(crate) struct Handle {
     net: Mutex<Option<Net>>,
     facts: Mutex<Facts>,
 }
 
-type Shared = Arc<Handle>;
-
-/// What the light getters (`summary`, `step`, `learningRate`, `compileOptions` ...) answer, kept beside the
-/// model so that they never wait for, or fail on, a call in flight on a worker thread: the fixed facts once,
-/// the changing ones after every call.
-struct Facts {
-    kind: &'static str,
-    summary: String,
-    config_json: String,
-    param_count: f64,
-    param_bytes: f64,
-    now: Changing,
-    disposed: bool,
-}
-
-/// The facts a call may change.
-#[derive(Default)]
-struct Changing {
-    compile_json: Option<String>,
-    learning_rate: Option<f64>,
-    compiled_learning_rate: Option<f64>,
-    step_count: f64,
-    memory_bytes: f64,
-    linear: bool,
-}
-
-impl Facts {
-    fn of(net: &Net) -> Result<Facts> {
-        Ok(Facts {
-            kind: net.kind(),
-            summary: net.summary(),
-            config_json: net.config_json().map_err(to_napi)?,
-            param_count: net.trainer().param_count() as f64,
-            param_bytes: net.trainer().param_bytes() as f64,
-            now: Changing::of(net)?,
-            disposed: false,
-        })
-    }
-}
-
-impl Changing {
-    fn of(net: &Net) -> Result<Changing> {
-        let t = net.trainer();
-        Ok(Changing {
-            compile_json: t
-                .compile_config()
-                .map(|c| serde_json::to_string(c).map_err(|e| state_error(format!("compileConfig: {e}"))))
-                .transpose()?,
-            learning_rate: t.learning_rate(),
-            compiled_learning_rate: t.compiled_learning_rate(),
-            step_count: t.step_count() as f64,
-            memory_bytes: (t.resident_bytes() + t.optimizer_bytes()) as f64,
-            linear: net.is_linear(),
-        })
-    }
-}
+pub(crate) type Shared = Arc<Handle>;
 
 #[napi]
 pub struct Model {
@@ -107,7 +53,7 @@ impl Model {
 
 /// Locks the model for one call, or explains why it cannot be used now; afterwards its changing facts are
 /// brought up to date.
-fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Net) -> Result<T>) -> Result<T> {
+pub(crate) fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Net) -> Result<T>) -> Result<T> {
     let mut guard: MutexGuard<Option<Net>> = match inner.net.try_lock() {
         Ok(g) => g,
         Err(TryLockError::WouldBlock) => {
@@ -592,128 +538,6 @@ pub fn set_memory_budget(bytes: Option<f64>, source: Option<String>) -> Result<(
 pub fn memory_budget() -> MemoryBudget {
     let b = Budget::global();
     MemoryBudget { bytes: b.bytes as f64, source: b.source }
-}
-
-#[napi(object)]
-pub struct StepResult {
-    pub loss: f64,
-    pub grad_norm: f64,
-    /// Targets that counted (class ids other than `ignoreIndex`; for `mse`, target values).
-    pub targets: f64,
-    /// `crossEntropy`: how many of those the most likely class got right.
-    pub correct: Option<f64>,
-}
-
-impl StepResult {
-    fn new(loss: f64, grad_norm: f64, tally: Tally) -> Self {
-        StepResult { loss, grad_norm, targets: tally.targets as f64, correct: tally.correct.map(|c| c as f64) }
-    }
-}
-
-pub enum Work {
-    Train { inputs: Vec<HostTensor>, y: HostTensor, states: Vec<InitialState> },
-    Predict { inputs: Vec<HostTensor>, states: Vec<InitialState> },
-    Evaluate { inputs: Vec<HostTensor>, y: HostTensor, states: Vec<InitialState> },
-    Attention { inputs: Vec<HostTensor> },
-    AttentionWeights { inputs: Vec<HostTensor> },
-    Generate { prompt: Vec<i32>, cfg: GenerateConfig },
-    Save { path: String },
-    LoadWeights { path: String, prefix: String },
-    GetWeights,
-    SetWeights { weights: Vec<(String, HostTensor)>, strict: bool },
-}
-
-pub enum Done {
-    Step(StepResult),
-    Tensor(HostTensor),
-    Named(Vec<(String, HostTensor)>),
-    Ids(Vec<i32>),
-    Nothing,
-}
-
-/// What a heavy call resolves to in JS.
-pub type Output = Either5<StepResult, JsTensor, Vec<NamedTensor>, Int32Array, ()>;
-
-/// Runs `f` under `flag`; once the flag is set, a call that fails (or has not started) reports an AbortError.
-fn cancellable<T>(op: &str, flag: &Arc<AtomicBool>, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    if flag.load(Ordering::Relaxed) {
-        return Err(abort_error(op));
-    }
-    match engram_core::cancel::scope(flag.clone(), f) {
-        Err(_) if flag.load(Ordering::Relaxed) => Err(abort_error(op)),
-        r => r,
-    }
-}
-
-impl Work {
-    fn op(&self) -> &'static str {
-        match self {
-            Work::Train { .. } => "trainStep",
-            Work::Predict { .. } => "predict",
-            Work::Evaluate { .. } => "evaluate",
-            Work::Attention { .. } => "attention",
-            Work::AttentionWeights { .. } => "attentionWeights",
-            Work::Generate { .. } => "generate",
-            Work::Save { .. } => "save",
-            Work::LoadWeights { .. } => "loadWeights",
-            Work::GetWeights => "getWeights",
-            Work::SetWeights { .. } => "setWeights",
-        }
-    }
-
-    /// The call, on a worker thread: under `cancel`, with panics caught, the model locked.
-    fn run(self, inner: &Shared, cancel: &Arc<AtomicBool>) -> Result<Done> {
-        let op = self.op();
-        cancellable(op, cancel, || {
-            guard(op, || {
-                with_model(inner, op, |m| {
-                    Ok(match self {
-                        Work::Train { inputs, y, states } => {
-                            let r = m.train_step(&inputs, &y, &states).map_err(to_napi)?;
-                            Done::Step(StepResult::new(r.loss, r.grad_norm, r.tally))
-                        }
-                        Work::Predict { inputs, states } => Done::Tensor(m.predict(&inputs, &states).map_err(to_napi)?),
-                        Work::Attention { inputs } => Done::Tensor(m.attention(&inputs).map_err(to_napi)?),
-                        Work::AttentionWeights { inputs } => {
-                            Done::Named(m.attention_weights(&inputs).map_err(to_napi)?)
-                        }
-                        Work::Generate { prompt, cfg } => Done::Ids(m.generate(&prompt, &cfg).map_err(to_napi)?),
-                        Work::Evaluate { inputs, y, states } => {
-                            let e = m.evaluate(&inputs, &y, &states).map_err(to_napi)?;
-                            Done::Step(StepResult::new(e.loss, 0.0, e.tally))
-                        }
-                        Work::Save { path } => {
-                            m.save(path.as_ref()).map_err(to_napi)?;
-                            Done::Nothing
-                        }
-                        Work::LoadWeights { path, prefix } => {
-                            m.load_weights(path.as_ref(), &prefix).map_err(to_napi)?;
-                            Done::Nothing
-                        }
-                        Work::GetWeights => Done::Named(m.trainer().weights().map_err(to_napi)?),
-                        Work::SetWeights { weights, strict } => {
-                            m.trainer_mut().set_weights(&weights, strict).map_err(to_napi)?;
-                            Done::Nothing
-                        }
-                    })
-                })
-            })
-        })
-    }
-}
-
-impl Done {
-    fn into_js(self) -> Output {
-        match self {
-            Done::Step(s) => Either5::A(s),
-            Done::Tensor(t) => Either5::B(to_js(t)),
-            Done::Named(all) => {
-                Either5::C(all.into_iter().map(|(name, t)| NamedTensor { name, tensor: to_js(t) }).collect())
-            }
-            Done::Ids(ids) => Either5::D(Int32Array::new(ids)),
-            Done::Nothing => Either5::E(()),
-        }
-    }
 }
 
 fn weights_to_host(weights: &[NamedTensor]) -> Result<Vec<(String, HostTensor)>> {
