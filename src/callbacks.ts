@@ -142,19 +142,20 @@ export const callbacks = {
         bestWeights = undefined;
         stoppedEpoch = undefined;
       },
-      onEpochEnd(epoch, logs, model) {
+      // The weights are copied off the event loop, so a model of any size can restore its best epoch.
+      async onEpochEnd(epoch, logs, model) {
         const v = monitored(who, monitor, logs);
         if ((Number.isNaN(best) && !Number.isNaN(v)) || improved(v, best)) {
           best = v;
           wait = 0;
-          if (options.restoreBestWeights) bestWeights = model.getWeights();
+          if (options.restoreBestWeights) bestWeights = await model.getWeightsAsync();
         } else if (++wait >= patience) {
           stoppedEpoch = epoch;
           model.stopTraining = true;
         }
       },
-      onTrainEnd(_logs, model) {
-        if (bestWeights) model.setWeights(bestWeights);
+      async onTrainEnd(_logs, model) {
+        if (bestWeights) await model.setWeightsAsync(bestWeights);
       },
     };
   },
