@@ -258,7 +258,7 @@ describe('cancellation', () => {
     };
     const w = new Worker(code, { eval: true });
     await new Promise((r) => w.once('message', r));
-    expect(await cpuOver(300)).toBeGreaterThan(0.5); // the call is running: about a core
+    expect(await cpuOver(500)).toBeGreaterThan(0.3); // the call is running: about a core when the machine is idle
     await w.terminate();
     await new Promise((r) => setTimeout(r, 100));
     expect(await cpuOver(500)).toBeLessThan(0.2); // and it stopped with its worker
