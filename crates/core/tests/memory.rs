@@ -93,10 +93,12 @@ fn compiled(layers: Value, dtype: &str) -> Sequential {
     m
 }
 
-/// Measured peaks of a second training step and of a prediction, against their estimates.
-fn check(name: &str, m: &mut Sequential, x: &HostTensor, y: &HostTensor, worst: &mut f64) {
+/// Measured peaks of a second training step and of a prediction, against their estimates: each call's peak
+/// and the ratio estimate / measured when the peak is large enough to judge (above 8 MiB; the slack of a few
+/// MiB that every estimate carries would make smaller ones look loose), training's then inference's.
+fn check(name: &str, m: &mut Sequential, x: &HostTensor, y: &HostTensor) -> [Option<(u64, f64)>; 2] {
     m.train_step(x, y, &[]).unwrap();
-    for training in [true, false] {
+    [true, false].map(|training| {
         let estimate = m.working_memory(x, training);
         let (_, peak) = if training {
             measure(|| m.train_step(x, y, &[]).unwrap().loss)
@@ -105,22 +107,16 @@ fn check(name: &str, m: &mut Sequential, x: &HostTensor, y: &HostTensor, worst: 
         };
         let call = if training { "train_step" } else { "predict" };
         assert!(peak <= estimate, "{name} {call}: measured {peak} bytes, estimated only {estimate}");
-        // Loose enough for the slack every call gets, tight enough that the budget is not wasted.
-        if peak > 8 << 20 {
-            let ratio = estimate as f64 / peak as f64;
-            eprintln!("{name} {call}: {peak} used, {estimate} estimated ({ratio:.2}x)");
-            *worst = worst.max(ratio);
-            assert!(ratio < 2.5, "{name} {call}: estimated {estimate} bytes for {peak} used ({ratio:.2}x)");
-        }
-    }
+        let ratio = estimate as f64 / peak as f64;
+        eprintln!("{name} {call}: {peak} used, {estimate} estimated ({ratio:.2}x)");
+        (peak > 8 << 20).then_some((peak, ratio))
+    })
 }
 
 #[test]
 fn estimates_bound_the_memory_calls_really_use() {
     let _turn = serial();
     let head = |n: usize| json!({ "type": "dense", "units": n });
-    let mut worst = 0f64;
-    let (b, t) = (16, 128);
     let cases: Vec<(&str, Value, bool)> = vec![
         (
             "lstm",
@@ -167,16 +163,51 @@ fn estimates_bound_the_memory_calls_really_use() {
         ),
         ("language-model head", json!([{ "type": "embedding", "vocabSize": 8000, "dim": 64 }, head(8000)]), true),
     ];
-    for dtype in ["float32", "float64"] {
-        for (name, layers, with_ids) in &cases {
-            let mut m = compiled(layers.clone(), dtype);
-            let x = if *with_ids { ids(b, t, 64) } else { floats(&[b, t, 32]) };
-            let classes = layers.as_array().unwrap().last().unwrap()["units"].as_u64().unwrap() as usize;
-            let y = if name.contains("last step") { ids(b, 1, classes).reshaped(&[b]) } else { ids(b, t, classes) };
-            check(&format!("{name} ({dtype})"), &mut m, &x, &y, &mut worst);
+    // Several batch shapes, so that no constant is fitted to one size; the language-model head's logits at
+    // the largest (64 Mi values) would take most of the test's time and memory.
+    let shapes = [(4, 32), (16, 128), (32, 256)];
+    let mut table = Vec::new();
+    for (name, layers, with_ids) in &cases {
+        let mut ratios = [Vec::new(), Vec::new()];
+        for dtype in ["float32", "float64"] {
+            for &(b, t) in &shapes {
+                if *name == "language-model head" && b * t > 2048 {
+                    continue;
+                }
+                let mut m = compiled(layers.clone(), dtype);
+                let x = if *with_ids { ids(b, t, 64) } else { floats(&[b, t, 32]) };
+                let classes = layers.as_array().unwrap().last().unwrap()["units"].as_u64().unwrap() as usize;
+                let y = if name.contains("last step") { ids(b, 1, classes).reshaped(&[b]) } else { ids(b, t, classes) };
+                let measured = check(&format!("{name} ({dtype}, [{b}, {t}])"), &mut m, &x, &y);
+                for (all, r) in ratios.iter_mut().zip(measured) {
+                    all.extend(r);
+                }
+            }
+        }
+        table.push((*name, ratios));
+    }
+    let mut worst = 0f64;
+    for (name, ratios) in &table {
+        for (call, r) in ["train_step", "predict"].iter().zip(ratios) {
+            let (lo, hi) = r.iter().fold((f64::MAX, 0f64), |(lo, hi), &(_, x)| (lo.min(x), hi.max(x)));
+            if !r.is_empty() {
+                eprintln!("{name:>28} {call:>10}: {lo:.2}x to {hi:.2}x over {} shapes", r.len());
+            }
+            worst = worst.max(hi);
         }
     }
     eprintln!("worst estimate / measured: {worst:.2}");
+    // Tight enough that a budget is not wasted: a model measured at 80% of its budget must pass. The slack
+    // every estimate carries (4 MiB, for what differs between CPUs) is most of the excess on peaks of 8 to
+    // 20 MiB; above that the estimate is within 1.4x of the peak (1.06x of it headroom for other CPUs).
+    for (name, ratios) in &table {
+        for (call, r) in ["train_step", "predict"].iter().zip(ratios) {
+            for &(peak, ratio) in r {
+                let bound = if peak > 20 << 20 { 1.45 } else { 2.0 };
+                assert!(ratio < bound, "{name} {call}: estimated {ratio:.2}x the {peak} bytes it used");
+            }
+        }
+    }
 }
 
 trait Reshaped {
@@ -245,4 +276,76 @@ fn a_memory_network_over_the_budget_is_refused() {
     let e =
         MemoryNetwork::new_with(cfg, &engram_core::Device::Cpu, &Budget::new(1 << 30, "test")).map(|_| ()).unwrap_err();
     assert!(e.to_string().contains("memoryNetwork with vocabSize 8589934592"), "{e}");
+}
+
+/// Not a check: the data the estimates' constants are fitted to. Prints one JSON line per model, precision and
+/// batch shape with the peaks of the forward and backward of a step (`gradients`, without the optimizer's
+/// update) and of a prediction, beside the estimates. Run it with a thread count set, e.g.
+/// `RAYON_NUM_THREADS=2 cargo test --release --test memory sweep -- --ignored --nocapture`, and again with
+/// others: the recurrent kernels' buffers grow with the threads.
+#[test]
+#[ignore]
+fn sweep_peaks_for_fitting_the_estimates() {
+    let _turn = serial();
+    let dense = |n: usize| json!({ "type": "dense", "units": n });
+    let first = |n: usize, input: usize| json!({ "type": "dense", "units": n, "inputSize": input });
+    let emb = |dim: usize| json!({ "type": "embedding", "vocabSize": 64, "dim": dim });
+    let rec = |kind: &str, hidden: usize, layers: usize, bi: bool| {
+        json!({ "type": kind, "inputSize": 32, "hiddenSize": hidden, "numLayers": layers, "bidirectional": bi,
+                "returnSequences": true })
+    };
+    let attn =
+        |heads: usize, dropout: f64| json!({ "type": "multiHeadAttention", "nHeads": heads, "dropout": dropout });
+    let block = |d: usize, ff: usize, dropout: f64| json!({ "type": "transformerBlock", "dModel": d, "nHeads": 4, "ffDim": ff, "dropout": dropout });
+    let mut models: Vec<(String, Value)> = vec![
+        ("dense 32-512".into(), json!([first(512, 32)])),
+        ("dense 512-512".into(), json!([first(512, 512)])),
+        (
+            "dense relu, dense".into(),
+            json!([{ "type": "dense", "units": 512, "inputSize": 32, "activation": "relu" }, dense(16)]),
+        ),
+        ("dense x3".into(), json!([first(256, 32), dense(256), dense(16)])),
+        ("dropout".into(), json!([first(512, 32), { "type": "dropout", "rate": 0.5 }, dense(16)])),
+        ("layer norm".into(), json!([first(512, 32), { "type": "layerNorm" }, dense(16)])),
+        ("embedding, head 2000".into(), json!([{ "type": "embedding", "vocabSize": 2000, "dim": 64 }, dense(2000)])),
+        ("positional, dropout".into(), json!([emb(128), { "type": "positionalEncoding", "dropout": 0.1 }, dense(16)])),
+        ("attention x2".into(), json!([emb(128), attn(4, 0.0), attn(4, 0.0), dense(16)])),
+        ("attention with dropout x2".into(), json!([emb(128), attn(4, 0.1), attn(4, 0.1), dense(16)])),
+        ("attention 256, 8 heads".into(), json!([emb(256), attn(8, 0.0), dense(16)])),
+        ("block ff 128".into(), json!([emb(128), block(128, 128, 0.0), dense(16)])),
+        ("block ff 1024 with dropout".into(), json!([emb(128), block(128, 1024, 0.1), dense(16)])),
+        ("blocks x2".into(), json!([emb(128), block(128, 512, 0.0), block(128, 512, 0.0), dense(16)])),
+        (
+            "embedding, lstm".into(),
+            json!([emb(64), { "type": "lstm", "hiddenSize": 128, "returnSequences": true }, dense(16)]),
+        ),
+    ];
+    for kind in ["lstm", "gru", "rnn"] {
+        models.push((format!("{kind} 256"), json!([rec(kind, 256, 1, false), dense(16)])));
+        models.push((format!("{kind} 64"), json!([rec(kind, 64, 1, false), dense(16)])));
+        models.push((format!("bidirectional {kind} 128 x2"), json!([rec(kind, 128, 2, true), dense(16)])));
+    }
+    for (name, layers) in &models {
+        let arr = layers.as_array().unwrap();
+        let classes = arr.last().unwrap()["units"].as_u64().unwrap() as usize;
+        for dtype in ["float32", "float64"] {
+            for (b, t) in [(2, 128), (4, 32), (8, 64), (16, 16), (16, 128), (64, 32), (32, 256)] {
+                let mut m = compiled(layers.clone(), dtype);
+                let x = match arr[0]["type"].as_str() {
+                    Some("embedding") => ids(b, t, arr[0]["vocabSize"].as_u64().unwrap() as usize),
+                    _ => floats(&[b, t, arr[0]["inputSize"].as_u64().unwrap() as usize]),
+                };
+                let y = ids(b, t, classes);
+                m.train_step(&x, &y, &[]).unwrap();
+                let (_, grad) = measure(|| m.gradients(&x, &y, &[]).unwrap().0);
+                let (_, pred) = measure(|| m.predict(&x, &[]).map(|_| 0.0).unwrap());
+                let (train, infer) = (m.working_memory(&x, true), m.working_memory(&x, false));
+                println!(
+                    "{}",
+                    json!({ "model": name, "layers": layers, "dtype": dtype, "b": b, "t": t, "gradients": grad,
+                            "predict": pred, "estimate_train": train, "estimate_predict": infer })
+                );
+            }
+        }
+    }
 }
