@@ -96,6 +96,8 @@ pub struct Params {
     index: HashMap<String, usize>,
     /// Elements of the parameters, planned or allocated, saturating.
     param_elems: u64,
+    /// Elements of the largest parameter.
+    largest_elems: u64,
     /// Elements of tensors that are not parameters but live as long as the model (a sinusoidal table).
     buffer_elems: u64,
 }
@@ -149,7 +151,7 @@ impl Params {
 
     /// Values in the largest parameter.
     pub(crate) fn largest_elems(&self) -> u64 {
-        self.shapes().iter().map(|(_, s)| crate::memory::elems(s)).max().unwrap_or(0)
+        self.largest_elems
     }
 
     /// Takes `name` for a new parameter, or explains why it cannot have it.
@@ -164,10 +166,16 @@ impl Params {
         Ok(())
     }
 
+    /// Counts a new parameter of `elems` values into the totals.
+    fn count(&mut self, elems: u64) {
+        self.param_elems = self.param_elems.saturating_add(elems);
+        self.largest_elems = self.largest_elems.max(elems);
+    }
+
     /// Registers a parameter and returns its index.
     pub(crate) fn add(&mut self, name: String, value: Var) -> Result<usize> {
         self.claim(&name)?;
-        self.param_elems = self.param_elems.saturating_add(value.elem_count() as u64);
+        self.count(value.elem_count() as u64);
         self.entries.push((name, value));
         Ok(self.entries.len() - 1)
     }
@@ -175,7 +183,7 @@ impl Params {
     /// Registers a parameter of a dry run and returns its index.
     pub(crate) fn plan(&mut self, name: String, shape: &[usize]) -> Result<usize> {
         self.claim(&name)?;
-        self.param_elems = self.param_elems.saturating_add(crate::memory::elems(shape));
+        self.count(crate::memory::elems(shape));
         let planned = self.planned.get_or_insert_with(Vec::new);
         planned.push((name, shape.to_vec()));
         Ok(planned.len() - 1)
