@@ -14,10 +14,10 @@ use napi_derive::napi;
 
 use crate::device;
 use crate::error::{guard, state_error, to_napi, type_error};
-use crate::facts::{Changing, Facts};
+use crate::facts::{Changing, Facts, compile_json};
 use crate::net::Net;
 use crate::options::parse_json;
-use crate::tensor::{JsState, JsTensor, NamedTensor, states_to_host, to_host, to_js};
+use crate::tensor::{JsState, JsTensor, NamedTensor, named_to_js, states_to_host, to_host};
 use crate::work::{Output, Work, cancellable};
 use crate::worker;
 
@@ -71,8 +71,7 @@ pub(crate) fn with_model<T>(inner: &Shared, op: &str, f: impl FnOnce(&mut Net) -
         return Err(state_error(format!("{op}: the model has been disposed")));
     };
     let out = f(m);
-    let now = Changing::of(m)?;
-    inner.facts.lock().unwrap_or_else(|p| p.into_inner()).now = now;
+    inner.facts.lock().unwrap_or_else(|p| p.into_inner()).now = Changing::of(m);
     out
 }
 
@@ -281,7 +280,12 @@ impl Model {
     #[napi(catch_unwind)]
     pub fn compile(&self, options_json: String) -> Result<()> {
         let spec: CompileConfig = parse_json("compile options", &options_json)?;
-        with_model(&self.inner, "compile", |m| m.compile(spec).map_err(to_napi))
+        let json = with_model(&self.inner, "compile", |m| {
+            m.compile(spec).map_err(to_napi)?;
+            compile_json(m)
+        })?;
+        self.inner.facts.lock().unwrap_or_else(|p| p.into_inner()).compile_json = json;
+        Ok(())
     }
 
     #[napi(catch_unwind)]
@@ -373,10 +377,7 @@ impl Model {
 
     #[napi(catch_unwind)]
     pub fn get_weights(&self) -> Result<Vec<NamedTensor>> {
-        with_model(&self.inner, "getWeights", |m| {
-            let w = m.trainer().weights().map_err(to_napi)?;
-            Ok(w.into_iter().map(|(name, t)| NamedTensor { name, tensor: to_js(t) }).collect())
-        })
+        with_model(&self.inner, "getWeights", |m| Ok(named_to_js(m.trainer().weights().map_err(to_napi)?)))
     }
 
     /// [`Model::get_weights`] on a worker thread (for large models).
@@ -427,7 +428,7 @@ impl Model {
     /// The compile options, as JSON, or null before compile.
     #[napi(catch_unwind)]
     pub fn compile_json(&self) -> Result<Option<String>> {
-        self.fact("compileConfig", |f| f.now.compile_json.clone())
+        self.fact("compileConfig", |f| f.compile_json.clone())
     }
 
     #[napi(catch_unwind)]
@@ -459,8 +460,7 @@ impl Model {
     /// Runs `work` on a worker thread, under `cancel`, with the model locked.
     fn job<'env>(&self, env: &'env Env, work: Work, cancel: &CancelToken) -> Result<PromiseRaw<'env, Output>> {
         let (inner, flag) = (self.inner.clone(), cancel.flag.clone());
-        worker::cancel_on_teardown(env, &flag)?;
-        worker::run(env, move || work.run(&inner, &flag), |_, done| Ok(done.into_js()))
+        worker::run(env, &cancel.flag, move || work.run(&inner, &flag), |_, done| Ok(done.into_js()))
     }
 
     /// Bytes the model holds: parameters, lasting tables and optimizer state.
@@ -495,7 +495,6 @@ fn make_model<'env>(
     make: impl FnOnce(&engram_core::Device) -> Result<Net> + Send + 'static,
 ) -> Result<PromiseRaw<'env, Model>> {
     let flag = cancel.flag.clone();
-    worker::cancel_on_teardown(env, &flag)?;
     let work = move || {
         cancellable(op, &flag, || {
             guard(op, || {
@@ -504,7 +503,7 @@ fn make_model<'env>(
             })
         })
     };
-    worker::run(env, work, |_, (net, device)| Model::new(net, device))
+    worker::run(env, &cancel.flag, work, |_, (net, device)| Model::new(net, device))
 }
 
 /// The process's memory budget.

@@ -54,6 +54,11 @@ pub fn to_js(t: HostTensor) -> JsTensor {
     JsTensor { data, shape }
 }
 
+/// Named tensors (weights, attention maps) as JS sees them.
+pub fn named_to_js(all: Vec<(String, HostTensor)>) -> Vec<NamedTensor> {
+    all.into_iter().map(|(name, t)| NamedTensor { name, tensor: to_js(t) }).collect()
+}
+
 pub fn states_to_host(states: Option<Vec<JsState>>) -> napi::Result<Vec<engram_core::InitialState>> {
     states
         .unwrap_or_default()

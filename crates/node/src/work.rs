@@ -10,7 +10,7 @@ use napi_derive::napi;
 
 use crate::error::{abort_error, guard, to_napi};
 use crate::model::{Shared, with_model};
-use crate::tensor::{JsTensor, NamedTensor, to_js};
+use crate::tensor::{JsTensor, NamedTensor, named_to_js, to_js};
 
 #[napi(object)]
 pub struct StepResult {
@@ -125,9 +125,7 @@ impl Done {
         match self {
             Done::Step(s) => Either5::A(s),
             Done::Tensor(t) => Either5::B(to_js(t)),
-            Done::Named(all) => {
-                Either5::C(all.into_iter().map(|(name, t)| NamedTensor { name, tensor: to_js(t) }).collect())
-            }
+            Done::Named(all) => Either5::C(named_to_js(all)),
             Done::Ids(ids) => Either5::D(Int32Array::new(ids)),
             Done::Nothing => Either5::E(()),
         }

@@ -15,9 +15,11 @@ use std::sync::{Arc, Weak};
 use napi::bindgen_prelude::{Env, PromiseRaw, Result, ToNapiValue, TypeName};
 
 /// Runs `work` off the event loop and returns a promise of what `resolve` makes of its result (on the JS
-/// thread). `work` runs under the caller's own `guard` and cancellation; its error rejects the promise.
+/// thread). `work` runs under the caller's own `guard` and its `cancel` flag, which is also set if the Node
+/// environment goes away (see [`cancel_on_teardown`]); its error rejects the promise.
 pub fn run<'env, T, R>(
     env: &'env Env,
+    cancel: &Arc<AtomicBool>,
     work: impl FnOnce() -> Result<T> + Send + 'static,
     resolve: impl FnOnce(Env, T) -> Result<R> + Send + 'static,
 ) -> Result<PromiseRaw<'env, R>>
@@ -25,6 +27,7 @@ where
     T: Send + 'static,
     R: ToNapiValue + TypeName + 'static,
 {
+    cancel_on_teardown(env, cancel)?;
     #[cfg(not(target_family = "wasm"))]
     {
         use napi::JsValue;
@@ -54,7 +57,7 @@ thread_local! {
 
 /// Sets `flag` when the Node environment that made the call goes away (a terminated worker, the process
 /// exiting), so a call nobody can await any more stops instead of running on for hours on its thread.
-pub fn cancel_on_teardown(env: &Env, flag: &Arc<AtomicBool>) -> Result<()> {
+fn cancel_on_teardown(env: &Env, flag: &Arc<AtomicBool>) -> Result<()> {
     let first = STARTED.with(|s| s.borrow().is_none());
     if first {
         env.add_env_cleanup_hook((), |()| {
