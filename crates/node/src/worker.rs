@@ -31,21 +31,51 @@ where
     #[cfg(not(target_family = "wasm"))]
     {
         use napi::JsValue;
-        /// What a worker hands back to the JS thread: it builds the JS value there.
-        type Resolver<R> = Box<dyn FnOnce(Env) -> Result<R> + Send>;
         let (deferred, promise) = env.create_deferred::<R, Resolver<R>>()?;
         let value = promise.value();
-        pool::submit(Box::new(move || match work() {
-            Ok(t) => deferred.resolve(Box::new(move |env| resolve(env, t))),
-            Err(e) => deferred.reject(e),
-        }))
-        .map_err(|e| napi::Error::from_reason(format!("Error: cannot start a worker thread: {e}")))?;
+        let settle = Settle(Some(deferred));
+        // When no thread can be started the job, and with it `settle`, is dropped: the promise rejects then
+        // (an error thrown here instead would leave a promise nobody holds to reject unhandled).
+        let _ = pool::submit(Box::new(move || settle.finish(work().map(|t| move |env| resolve(env, t)))));
         Ok(PromiseRaw::new(value.env, value.value))
     }
     #[cfg(target_family = "wasm")]
     {
         let task = wasm::Once { work: Some(Box::new(work)), resolve: Some(Box::new(resolve)) };
         Ok(env.spawn(task)?.promise_object())
+    }
+}
+
+/// What a worker hands back to the JS thread: it builds the JS value there.
+#[cfg(not(target_family = "wasm"))]
+type Resolver<R> = Box<dyn FnOnce(Env) -> Result<R> + Send>;
+
+/// A call's promise, settled exactly once: by the call's result, or, if the call is dropped without one (no
+/// thread could be started for it), rejected. A napi deferred dropped unsettled would keep Node's event loop
+/// alive for ever.
+#[cfg(not(target_family = "wasm"))]
+struct Settle<R: ToNapiValue + 'static>(Option<napi::JsDeferred<R, Resolver<R>>>);
+
+#[cfg(not(target_family = "wasm"))]
+impl<R: ToNapiValue + 'static> Settle<R> {
+    fn finish(mut self, result: Result<impl FnOnce(Env) -> Result<R> + Send + 'static>) {
+        if let Some(d) = self.0.take() {
+            match result {
+                Ok(make) => d.resolve(Box::new(make)),
+                Err(e) => d.reject(e),
+            }
+        }
+    }
+}
+
+#[cfg(not(target_family = "wasm"))]
+impl<R: ToNapiValue + 'static> Drop for Settle<R> {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            d.reject(napi::Error::from_reason(
+                "Error: the call could not run: the system refused to start a worker thread for it",
+            ));
+        }
     }
 }
 
