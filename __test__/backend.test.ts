@@ -24,6 +24,34 @@ describe('backend', () => {
     expect(tiny().device).toBe('cpu');
   });
 
+  it('reports the instruction set the kernels run in, which ENGRAM_ISA can lower but never raise', () => {
+    const b = backend();
+    const sets = process.arch === 'arm64' ? ['neon', 'baseline'] : ['avx512', 'avx2', 'baseline'];
+    expect(sets).toContain(b.cpuIsa);
+    expect(sets).toContain(b.isa);
+    // ENGRAM_ISA is read once per process (at the first kernel call), so each setting runs in a child.
+    const run = (isa: string) => {
+      const r = spawnSync(
+        process.execPath,
+        ['-e', "const e=require('./dist/cjs/index.js'); const m=e.sequential([e.layers.dense({units:2,inputSize:3})]); " +
+          "m.predict(e.tensor(new Float32Array(3),[1,3])); console.log(JSON.stringify(e.backend()))"],
+        { encoding: 'utf8', env: { ...process.env, ENGRAM_ISA: isa } },
+      );
+      expect(r.status, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as ReturnType<typeof backend>;
+    };
+    const lowered = run('baseline');
+    expect([lowered.isa, lowered.cpuIsa, lowered.notes]).toEqual(['baseline', b.cpuIsa, expect.not.arrayContaining([expect.stringMatching(/ENGRAM_ISA/)])]);
+    if (b.cpuIsa === 'avx512') expect(run('avx2').isa).toBe('avx2');
+    // Asking for more than the CPU has, or for a name that means nothing, keeps the CPU's own and says so.
+    const raised = run(b.cpuIsa === 'avx512' ? 'neon' : 'avx512');
+    expect(raised.isa).toBe(b.cpuIsa);
+    expect(raised.notes.join('\n')).toMatch(/ENGRAM_ISA=\w+ asks for an instruction set this CPU lacks/);
+    const unknown = run('sse9');
+    expect(unknown.isa).toBe(b.cpuIsa);
+    expect(unknown.notes.join('\n')).toMatch(/ENGRAM_ISA="sse9" is not one of baseline, avx2, avx512, neon/);
+  });
+
   it('ENGRAM_DEVICE=cpu keeps models on the CPU', () => {
     process.env.ENGRAM_DEVICE = 'CPU';
     expect(backend().device).toBe('cpu');

@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { resolveCommand } from '../benches/measure.js';
 import { renderMarkdown, writeReport, type CaseResult, type SuiteReport } from '../benches/report.js';
 
 function result(impl: string, op: 'train' | 'infer', hidden: number, medianMs: number): CaseResult {
@@ -23,6 +24,8 @@ function report(suite: string, results: CaseResult[]): SuiteReport {
       commit: 'abc1234',
       addon: 'engram.linux-x64-gnu.node built 2025-01-01T00:00:00.000Z',
       otherCpu: 0.03,
+      isa: 'avx512',
+      cpuIsa: 'avx512',
     },
     impls: { engram: 'native', 'tfjs-wasm': 'wasm, 1 thread', 'tfjs-cpu': 'cpu' },
     results,
@@ -53,6 +56,38 @@ describe('bench report', () => {
     expect(md).toContain('RAYON_NUM_THREADS=2');
     expect(md).toContain('other processes used 3% of the cores');
     expect(md).toContain('tfjs-wasm: wasm, 1 thread');
+    expect(md).toContain('## AVX-512 machine: Test CPU');
+    expect(md).toContain('- Kernels dispatched to avx512 (the CPU has avx512)');
+  });
+
+  it("gives engram's kernel time as a share of its user time", () => {
+    const timed = report('lstm', [
+      { ...result('engram', 'train', 128, 50), cpuUserMs: 1000, cpuSystemMs: 50 },
+      { ...result('engram', 'infer', 128, 20), cpuUserMs: 1000, cpuSystemMs: 150 },
+      // A peer's time is not engram's.
+      { ...result('tfjs-wasm', 'train', 128, 500), cpuUserMs: 1000, cpuSystemMs: 900 },
+    ]);
+    expect(renderMarkdown([timed])).toContain(
+      '- engram CPU time over its cases: system (kernel) 10% of user (0.2 s against 2.0 s); the most, 15%, in infer hidden 128',
+    );
+    expect(renderMarkdown([fake])).not.toContain('system (kernel)');
+  });
+
+  it('keeps each kind of machine in its own section, AVX-512 first, a forced ISA apart', () => {
+    const on = (isa: string, cpuIsa: string, cpu: string) => {
+      const r = report('lstm', [result('engram', 'train', 128, 50)]);
+      return { ...r, machine: { ...r.machine, isa, cpuIsa, cpu } };
+    };
+    const md = renderMarkdown([on('avx2', 'avx2', 'AMD EPYC'), on('avx2', 'avx512', 'Xeon'), on('avx512', 'avx512', 'Xeon')]);
+    const headings = md.split('\n').filter((l) => l.startsWith('## ') || l.startsWith('### '));
+    expect(headings).toEqual([
+      '## AVX-512 machine: Xeon',
+      '### lstm (AVX-512 machine)',
+      '## AVX2 machine (no AVX-512): AMD EPYC',
+      '### lstm (AVX2 machine (no AVX-512))',
+      '## AVX-512 machine, kernels forced to avx2 (ENGRAM_ISA): Xeon',
+      '### lstm (AVX-512 machine, kernels forced to avx2 (ENGRAM_ISA))',
+    ]);
   });
 
   it('puts engram first and one speed-up column per peer', () => {
@@ -75,6 +110,19 @@ describe('bench report', () => {
     expect(rows).toEqual(['train', 'train', 'infer']);
   });
 
+  it('finds ENGRAM_TORCH_PYTHON as a path or as a command on PATH', () => {
+    expect(resolveCommand(process.execPath)).toBe(process.execPath);
+    expect(resolveCommand('/no/such/python3')).toBeUndefined();
+    const saved = process.env.PATH;
+    try {
+      process.env.PATH = ['', join(process.execPath, '..')].join(process.platform === 'win32' ? ';' : ':');
+      expect(resolveCommand('node')).toBe(join(process.execPath, '..', 'node'));
+      expect(resolveCommand('no-such-command-here')).toBeUndefined();
+    } finally {
+      process.env.PATH = saved;
+    }
+  });
+
   describe('writeReport', () => {
     let dir = '';
     afterEach(() => rmSync(dir, { recursive: true, force: true }));
@@ -83,16 +131,29 @@ describe('bench report', () => {
       dir = mkdtempSync(join(tmpdir(), 'engram-bench-'));
       writeReport(report('attention', [result('engram', 'train', 64, 10)]), dir);
       const mdPath = writeReport(fake, dir);
-      expect(JSON.parse(readFileSync(join(dir, 'results', 'lstm.json'), 'utf8'))).toEqual(fake);
+      expect(JSON.parse(readFileSync(join(dir, 'results', 'avx512', 'lstm.json'), 'utf8'))).toEqual(fake);
+      // Another kind of machine's run files apart and keeps this kind's tables.
+      const amd = { ...fake, machine: { ...fake.machine, isa: 'avx2', cpuIsa: 'avx2', cpu: 'AMD EPYC' } };
+      writeReport(amd, dir);
+      expect(JSON.parse(readFileSync(join(dir, 'results', 'avx2', 'lstm.json'), 'utf8'))).toEqual(amd);
       const md = readFileSync(mdPath, 'utf8');
-      expect(md.indexOf('## attention')).toBeGreaterThan(0);
-      expect(md.indexOf('## lstm')).toBeGreaterThan(md.indexOf('## attention'));
+      expect(md.indexOf('### attention')).toBeGreaterThan(0);
+      expect(md.indexOf('### lstm')).toBeGreaterThan(md.indexOf('### attention'));
+      expect(md.indexOf('## AVX2 machine (no AVX-512): AMD EPYC')).toBeGreaterThan(md.indexOf('### lstm'));
+    });
+
+    it('refuses a report without the instruction sets', () => {
+      dir = mkdtempSync(join(tmpdir(), 'engram-bench-'));
+      writeReport(fake, dir);
+      const { isa: _isa, ...old } = fake.machine;
+      writeFileSync(join(dir, 'results', 'avx512', 'old.json'), JSON.stringify({ ...fake, machine: old }));
+      expect(() => writeReport(fake, dir)).toThrow(/old\.json: the machine has no isa and cpuIsa/);
     });
 
     it('names a results file that is not a suite report', () => {
       dir = mkdtempSync(join(tmpdir(), 'engram-bench-'));
       writeReport(fake, dir);
-      writeFileSync(join(dir, 'results', 'junk.json'), '{"hello": 1}');
+      writeFileSync(join(dir, 'results', 'avx512', 'junk.json'), '{"hello": 1}');
       expect(() => writeReport(fake, dir)).toThrow(/junk\.json: not a suite report/);
     });
   });

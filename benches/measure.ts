@@ -2,6 +2,8 @@
  * Timing for the suites: tinybench with budgets sized for calls that take from 10 ms to 10 s.
  * @module
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { Bench } from 'tinybench';
 import type { CaseResult, SuiteReport } from './report.js';
 
@@ -64,8 +66,23 @@ export async function timeCase(
   budget: Budget,
 ): Promise<CaseResult> {
   const name = `${meta.suite} ${meta.impl} ${meta.op} ${meta.case}`;
+  const cpu0 = process.cpuUsage();
   const t = await measure(name, fn, budget);
+  const cpu = process.cpuUsage(cpu0);
   const f = (v: number) => v.toFixed(1).padStart(9);
   console.log(`${name.padEnd(32)} mean ${f(t.meanMs)} ms  median ${f(t.medianMs)} ms  min ${f(t.minMs)} ms  n=${t.iterations}`);
-  return { ...meta, ...t };
+  return { ...meta, ...t, cpuUserMs: cpu.user / 1000, cpuSystemMs: cpu.system / 1000 };
+}
+
+/** `cmd` as a path (one with a slash) or looked up on `PATH`, as a shell would; undefined when not found. */
+export function resolveCommand(cmd: string): string | undefined {
+  if (cmd.includes('/') || cmd.includes(path.sep)) return existsSync(cmd) ? cmd : undefined;
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (dir === '') continue;
+    for (const ext of process.platform === 'win32' ? ['.exe', '.cmd', ''] : ['']) {
+      const full = path.join(dir, cmd + ext);
+      if (existsSync(full)) return full;
+    }
+  }
+  return undefined;
 }

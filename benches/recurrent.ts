@@ -16,7 +16,7 @@ import * as tf from '@tensorflow/tfjs';
 import { getThreadsCount, setThreadsCount, setWasmPaths, version_wasm } from '@tensorflow/tfjs-backend-wasm';
 import { seededRandom } from '../src/batching.js';
 import { layers, optimizers, sequential, tensor } from '../src/index.js';
-import { timeCase, type Budget, type Suite } from './measure.js';
+import { resolveCommand, timeCase, type Budget, type Suite } from './measure.js';
 import type { CaseResult } from './report.js';
 
 export const SEQ_LEN = 50;
@@ -127,10 +127,19 @@ interface TorchOut {
   results: (CaseResult & { cell: Cell; batch: number })[];
 }
 
-/** The Python that runs the PyTorch peers: `$ENGRAM_TORCH_PYTHON`, else the repo's `.venv`. */
+/**
+ * The Python that runs the PyTorch peers: `$ENGRAM_TORCH_PYTHON` (a path, or a command on `PATH` such as
+ * `python3`), else the repo's `.venv`.
+ */
 function python(): string | undefined {
-  const candidates = [process.env.ENGRAM_TORCH_PYTHON, path.join(repoRoot, '.venv', 'bin', 'python')];
-  return candidates.find((p): p is string => p !== undefined && existsSync(p));
+  const set = process.env.ENGRAM_TORCH_PYTHON;
+  if (set !== undefined && set !== '') {
+    const found = resolveCommand(set);
+    if (found === undefined) console.warn(`ENGRAM_TORCH_PYTHON=${set}: no such file, nor a command on PATH`);
+    return found;
+  }
+  const venv = path.join(repoRoot, '.venv', 'bin', 'python');
+  return existsSync(venv) ? venv : undefined;
 }
 
 /**

@@ -20,6 +20,7 @@ import { lstm } from './lstm.js';
 import { memory } from './memory.js';
 import { recurrent } from './recurrent.js';
 import { fullBudget, quickBudget, type Suite } from './measure.js';
+import { backend } from '../src/index.js';
 import { renderMarkdown, writeReport, type Machine, type SuiteReport } from './report.js';
 
 const suites: Suite[] = [lstm, recurrent, memory, attention];
@@ -99,7 +100,10 @@ function otherCpuMeter(): () => number {
 /** Read when a suite starts, so a commit or a rebuild during the run is not what gets recorded. */
 function machine(): Omit<Machine, 'otherCpu'> {
   const cpus = os.cpus();
+  const { isa, cpuIsa } = backend();
   return {
+    isa,
+    cpuIsa,
     os: `${os.type()} ${os.release()} ${os.arch()}`,
     cpu: cpus[0]?.model.trim() ?? 'unknown',
     cores: cpus.length,
@@ -130,6 +134,11 @@ if (process.env.RAYON_NUM_THREADS === undefined) {
 }
 
 const budget = values.quick ? quickBudget : fullBudget;
+{
+  const b = backend();
+  console.log(`engram kernels: ${b.isa} (the CPU has ${b.cpuIsa}); CPU ${os.cpus()[0]?.model.trim() ?? 'unknown'}`);
+  for (const n of b.notes) console.warn(n);
+}
 for (const suite of suites.filter((s) => names.includes(s.name))) {
   const started = performance.now();
   const at = machine();

@@ -36,7 +36,18 @@ export interface Backend {
    * CUDA build, GPU 0 when one answers; else the CPU.
    */
   device: string;
-  /** Why the loader chose as it did, e.g. a CUDA build that is installed but could not load. */
+  /**
+   * The instruction set engram's CPU kernels run in: `avx512`, `avx2` (x86-64 with AVX2 and FMA), `neon`
+   * (arm64) or `baseline` (what the binary was compiled for). The widest one the CPU has, unless `ENGRAM_ISA`
+   * lowers it (`ENGRAM_ISA=avx2` on an AVX-512 machine); it can never raise it.
+   */
+  isa: string;
+  /** The widest instruction set this CPU supports, whatever `ENGRAM_ISA` says. */
+  cpuIsa: string;
+  /**
+   * Why the loader chose as it did, e.g. a CUDA build that is installed but could not load, or an `ENGRAM_ISA`
+   * that names a set this CPU lacks.
+   */
   notes: string[];
 }
 
@@ -45,13 +56,15 @@ export interface Backend {
  *
  * ```ts
  * import { backend } from 'engram';
- * console.log(backend()); // { binary: 'engram-linux-x64-gnu', platform: 'linux-x64-gnu', gpu: [], device: 'cpu', notes: [] }
+ * console.log(backend());
+ * // { binary: 'engram-linux-x64-gnu', platform: 'linux-x64-gnu', gpu: [], device: 'cpu', isa: 'avx512',
+ * //   cpuIsa: 'avx512', notes: [] }
  * ```
  * @throws TypeError if `ENGRAM_DEVICE` is not `cpu`, `cuda`, `cuda:N`, `metal` or `metal:N`; Error if it names a
  *   GPU this binary lacks or that cannot be opened.
  */
 export function backend(): Backend {
-  const { gpu, device } = native(() => binding.nativeBackend());
+  const { gpu, device, isa, cpuIsa, isaNote } = native(() => binding.nativeBackend());
   const { source, platform, notes } = binding.loadedFrom;
-  return { binary: source, platform, gpu, device, notes: [...notes] };
+  return { binary: source, platform, gpu, device, isa, cpuIsa, notes: isaNote ? [...notes, isaNote] : [...notes] };
 }

@@ -108,10 +108,23 @@ pub struct NativeBackend {
     pub gpu: Vec<String>,
     /// Where a model created now would live (`cpu`, `cuda:0`, `metal:0` ...), after `ENGRAM_DEVICE`.
     pub device: String,
+    /// The instruction set the CPU kernels run in (`avx512`, `avx2`, `neon`, `baseline`), after `ENGRAM_ISA`.
+    pub isa: String,
+    /// The widest set this CPU supports.
+    pub cpu_isa: String,
+    /// Why `ENGRAM_ISA` was not followed as written, if it was not.
+    pub isa_note: Option<String>,
 }
 
 /// Reports the binary's GPU kinds and the device new models get; an unusable `ENGRAM_DEVICE` is an error.
 #[napi(catch_unwind)]
 pub fn native_backend() -> Result<NativeBackend> {
-    Ok(NativeBackend { gpu: GPU_KINDS.iter().map(|s| s.to_string()).collect(), device: current()?.1 })
+    let isa = engram_core::kernels::isa::isa_choice();
+    Ok(NativeBackend {
+        gpu: GPU_KINDS.iter().map(|s| s.to_string()).collect(),
+        device: current()?.1,
+        isa: isa.isa.name().into(),
+        cpu_isa: isa.detected.name().into(),
+        isa_note: isa.note.clone(),
+    })
 }

@@ -52,7 +52,10 @@ fn chunks<'a, T>(mut buf: &'a mut [T], slices: &[Range<usize>], per_row: usize) 
 
 impl<T: Real, K: Inner<T>> Projected<T, K> {
     fn slices(&self) -> Vec<Range<usize>> {
-        let n = rayon::current_num_threads().min(self.batch).max(1);
+        // One slice where the call is small or already runs on one thread (see `kernels::share`): below about
+        // 256K multiply-adds in the recurrence, the slices' wake-ups cost more than they save.
+        let work = self.batch * self.seq_len * K::GATES * self.hidden * (self.hidden + 1);
+        let n = if super::share(work, 1 << 18) { rayon::current_num_threads().min(self.batch).max(1) } else { 1 };
         (0..n).map(|i| (i * self.batch / n)..((i + 1) * self.batch / n)).collect()
     }
 

@@ -2,15 +2,16 @@
 //! with `m` a batch slice (1 to a few dozen rows) and `B` a weight matrix that stays the same for every step of
 //! a call. A general GEMM packs `B` into its panel layout on every call, which for `m = 16` costs as much as the
 //! product itself (about half the f32 peak was left). Here `B` is packed once per call ([`Packed`]) and the
-//! product runs as an AVX2/FMA micro-kernel over the packed panels.
+//! product runs as a micro-kernel over the packed panels: AVX-512, AVX2/FMA or NEON, as [`super::isa`] chose.
 //!
-//! Every output element is summed over `k` in order with fused multiply-adds, whatever the row blocking, so a
-//! row's result does not depend on how the batch was cut into slices. Where AVX2 and FMA are missing, or for
-//! f64, [`matmul`] returns false and the caller uses the general GEMM.
+//! Every output element is summed over `k` in order with fused multiply-adds, whatever the row blocking and
+//! whichever instruction set, so a row's result does not depend on how the batch was cut into slices, and the
+//! variants give the same bits. On x86-64 without AVX2 and FMA, or for f64, [`matmul`] returns false and the
+//! caller uses the general GEMM.
 
 use super::Real;
 
-/// Columns per packed panel: two AVX vectors of f32.
+/// Columns per packed panel: one AVX-512 vector of f32, two AVX ones, four NEON ones.
 pub(crate) const NR: usize = 16;
 
 /// `B [k, n]` in panels of [`NR`] columns: panel p holds columns `p*NR..(p+1)*NR` as `k` contiguous rows of
@@ -49,7 +50,12 @@ impl<T: Real> Packed<T> {
     fn pack(k: usize, n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Self {
         use rayon::prelude::*;
         let mut data = vec![T::zero(); n.div_ceil(NR) * k * NR];
-        if k > 0 {
+        if k == 0 {
+            return Packed { data, k, n };
+        }
+        if super::in_serial() || n <= 8 * NR {
+            data.chunks_mut(k * NR).enumerate().for_each(|(p, panel)| fill(p, panel));
+        } else {
             data.par_chunks_mut(k * NR).enumerate().with_min_len(8).for_each(|(p, panel)| fill(p, panel));
         }
         Packed { data, k, n }
@@ -58,11 +64,14 @@ impl<T: Real> Packed<T> {
 
 /// Whether [`matmul`] has a micro-kernel for this CPU and type.
 pub(crate) fn available<T: 'static>() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
-        return super::has_avx2();
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
+        return false;
     }
-    false
+    match super::isa::isa() {
+        super::isa::Isa::Avx2 | super::isa::Isa::Avx512 => cfg!(target_arch = "x86_64"),
+        super::isa::Isa::Neon => cfg!(target_arch = "aarch64"),
+        super::isa::Isa::Baseline => false,
+    }
 }
 
 /// `dst [m, n] (row stride dst_rs) = (accumulate ? dst : 0) + A [m, k] (row stride a_rs) x B`. Returns false,
@@ -81,7 +90,7 @@ pub(crate) fn matmul<T: Real>(
         return true;
     }
     assert!(a.len() >= (m - 1) * a_rs + k && dst.len() >= (m - 1) * dst_rs + n, "small matmul: views out of bounds");
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if available::<T>() {
         let panels = n.div_ceil(NR);
         // One or two rows (a batch of one, not already cut into per-thread slices): the product reads all of B
@@ -92,8 +101,8 @@ pub(crate) fn matmul<T: Real>(
         let run = |p0: usize, p1: usize| {
             // SAFETY: T is f32 (`available`), so the casts are identities; every access stays inside the
             // slices (the assertion above and the packed layout); the two halves write disjoint columns; the
-            // CPU has AVX2 and FMA.
-            unsafe { avx2::matmul(m, k, n, a.get(), a_rs, b.get(), p0..p1, dst.get(), dst_rs, accumulate) }
+            // CPU has the instruction set of the variant called (`available` and the ISA choice).
+            unsafe { kernel(m, k, n, a.get(), a_rs, b.get(), p0..p1, dst.get(), dst_rs, accumulate) }
         };
         if split {
             rayon::join(|| run(0, panels / 2), || run(panels / 2, panels));
@@ -104,6 +113,34 @@ pub(crate) fn matmul<T: Real>(
     }
     false
 }
+
+/// The micro-kernel for the chosen instruction set (whose availability the caller checked).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    panels: std::ops::Range<usize>,
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+) {
+    // SAFETY: as for `matmul`; AVX-512 only where the ISA choice found it.
+    unsafe {
+        if super::has_avx512() {
+            avx512::matmul(m, k, n, a, a_rs, b, panels, dst, dst_rs, acc)
+        } else {
+            avx2::matmul(m, k, n, a, a_rs, b, panels, dst, dst_rs, acc)
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+use neon::matmul as kernel;
 
 /// A pointer handed to the threads of [`matmul`], which write disjoint parts of what it points to.
 #[derive(Clone, Copy)]
@@ -239,6 +276,234 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::NR;
+
+    /// As the AVX2 kernel, with one 16-float vector a panel row: rows in blocks of up to 6, each block over
+    /// `NP` panels at a time (16 to 24 accumulators of the 32 registers).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn matmul(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        panels: std::ops::Range<usize>,
+        dst: *mut f32,
+        dst_rs: usize,
+        acc: bool,
+    ) {
+        let mut r = 0;
+        while r < m {
+            let rows = (m - r).min(6);
+            let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+            unsafe {
+                match rows {
+                    6 => block::<6, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    5 => block::<5, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    4 => block::<4, 6>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    3 => block::<3, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    2 => block::<2, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    _ => block::<1, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                }
+            }
+            r += rows;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const MR: usize, const NP: usize>(
+        k: usize,
+        n: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        panels: std::ops::Range<usize>,
+        dst: *mut f32,
+        dst_rs: usize,
+        acc: bool,
+    ) {
+        let mut p = panels.start;
+        while p + NP <= panels.end {
+            unsafe { tile::<MR, NP>(k, n, a, a_rs, b, p, dst, dst_rs, acc) };
+            p += NP;
+        }
+        while p < panels.end {
+            unsafe { tile::<MR, 1>(k, n, a, a_rs, b, p, dst, dst_rs, acc) };
+            p += 1;
+        }
+    }
+
+    /// Rows `0..MR` by panels `p0..p0 + NP`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const MR: usize, const NP: usize>(
+        k: usize,
+        n: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        p0: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            let mut c = [[_mm512_setzero_ps(); NP]; MR];
+            for i in 0..k {
+                let mut bv = [_mm512_setzero_ps(); NP];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(b.add((p0 + v) * k * NR + i * NR));
+                }
+                for (r, cr) in c.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * a_rs + i));
+                    for (x, &bx) in cr.iter_mut().zip(&bv) {
+                        *x = _mm512_fmadd_ps(av, bx, *x);
+                    }
+                }
+            }
+            for (r, cr) in c.iter().enumerate() {
+                for (v, &x) in cr.iter().enumerate() {
+                    let col = (p0 + v) * NR;
+                    if col >= n {
+                        continue;
+                    }
+                    // The last panel's columns past n are padding: masked off.
+                    let mask: __mmask16 = if col + NR <= n { 0xFFFF } else { (1u16 << (n - col)) - 1 };
+                    let out = dst.add(r * dst_rs + col);
+                    let x = if acc { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), x) } else { x };
+                    _mm512_mask_storeu_ps(out, mask, x);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::NR;
+
+    /// Rows in blocks of up to 6, each over `NV` 4-float vectors (`NV / 4` panels) at a time: 16 to 32
+    /// accumulators would not fit with the operands, so 24 at most.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn matmul(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        panels: std::ops::Range<usize>,
+        dst: *mut f32,
+        dst_rs: usize,
+        acc: bool,
+    ) {
+        let mut r = 0;
+        while r < m {
+            let rows = (m - r).min(6);
+            let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+            unsafe {
+                match rows {
+                    6 => block::<6, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    5 => block::<5, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    4 => block::<4, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    3 => block::<3, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    2 => block::<2, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                    _ => block::<1, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+                }
+            }
+            r += rows;
+        }
+    }
+
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const MR: usize, const NV: usize>(
+        k: usize,
+        n: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        panels: std::ops::Range<usize>,
+        dst: *mut f32,
+        dst_rs: usize,
+        acc: bool,
+    ) {
+        let per = NV / 4;
+        let mut p = panels.start;
+        while p + per <= panels.end {
+            unsafe { tile::<MR, NV>(k, n, a, a_rs, b, p, dst, dst_rs, acc) };
+            p += per;
+        }
+        while p < panels.end {
+            unsafe { tile::<MR, 4>(k, n, a, a_rs, b, p, dst, dst_rs, acc) };
+            p += 1;
+        }
+    }
+
+    /// Rows `0..MR` by the `NV` vectors of columns from panel `p0` on.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const MR: usize, const NV: usize>(
+        k: usize,
+        n: usize,
+        a: *const f32,
+        a_rs: usize,
+        b: *const f32,
+        p0: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        acc: bool,
+    ) {
+        unsafe {
+            let mut c = [[vdupq_n_f32(0.0); NV]; MR];
+            // Vector v reads panel p0 + v / 4, quarter v % 4.
+            let base = |v: usize| b.add((p0 + v / 4) * k * NR + (v % 4) * 4);
+            for i in 0..k {
+                let mut bv = [vdupq_n_f32(0.0); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = vld1q_f32(base(v).add(i * NR));
+                }
+                for (r, cr) in c.iter_mut().enumerate() {
+                    let av = vdupq_n_f32(*a.add(r * a_rs + i));
+                    for (x, &bx) in cr.iter_mut().zip(&bv) {
+                        *x = vfmaq_f32(*x, av, bx);
+                    }
+                }
+            }
+            for (r, cr) in c.iter().enumerate() {
+                for (v, &x) in cr.iter().enumerate() {
+                    let col = (p0 + v / 4) * NR + (v % 4) * 4;
+                    if col >= n {
+                        continue;
+                    }
+                    let out = dst.add(r * dst_rs + col);
+                    if col + 4 <= n {
+                        let x = if acc { vaddq_f32(vld1q_f32(out), x) } else { x };
+                        vst1q_f32(out, x);
+                    } else {
+                        let mut tmp = [0f32; 4];
+                        vst1q_f32(tmp.as_mut_ptr(), x);
+                        for (j, &t) in tmp.iter().enumerate().take(n - col) {
+                            *out.add(j) = if acc { *out.add(j) + t } else { t };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Packed, available, matmul};
@@ -296,6 +561,60 @@ mod tests {
                             "m{m} k{k} n{n}: row {r} depends on its block"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 and AVX2 variants called directly (whatever `ENGRAM_ISA` chose) give the same bits, on a
+    /// CPU that has both.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_and_avx2_variants_give_the_same_bits() {
+        use super::super::isa::{Isa, detect};
+        if detect() != Isa::Avx512 {
+            eprintln!("no AVX-512 on this CPU: only the AVX2 variant runs here (see the test above)");
+            return;
+        }
+        let mut rng = Rng::new(11);
+        for (m, k, n) in [(1, 3, 1), (2, 17, 15), (3, 8, 33), (4, 64, 100), (5, 31, 16), (6, 40, 130), (9, 12, 257)] {
+            let a = random(&mut rng, m * k);
+            let b = random(&mut rng, k * n);
+            let packed = Packed::rows(&b, k, n, n);
+            let panels = n.div_ceil(super::NR);
+            for accumulate in [false, true] {
+                let init = random(&mut rng, m * (n + 1));
+                let (mut x, mut y) = (init.clone(), init.clone());
+                // SAFETY: the CPU has AVX-512 and AVX2 (checked above); the slices hold m rows of n + 1.
+                unsafe {
+                    super::avx2::matmul(
+                        m,
+                        k,
+                        n,
+                        a.as_ptr(),
+                        k,
+                        packed.data.as_ptr(),
+                        0..panels,
+                        x.as_mut_ptr(),
+                        n + 1,
+                        accumulate,
+                    );
+                    super::avx512::matmul(
+                        m,
+                        k,
+                        n,
+                        a.as_ptr(),
+                        k,
+                        packed.data.as_ptr(),
+                        0..panels,
+                        y.as_mut_ptr(),
+                        n + 1,
+                        accumulate,
+                    );
+                }
+                assert_eq!(x, y, "m{m} k{k} n{n} accumulate {accumulate}");
+                for r in 0..m {
+                    assert_eq!(y[r * (n + 1) + n], init[r * (n + 1) + n], "padding column written");
                 }
             }
         }

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::host::{HostData, HostTensor};
 use crate::kernels::bag::weighted_bag;
+use crate::kernels::on_caller_if_small;
 use crate::layers::{Builder, Params, check_at_most, check_positive};
 use crate::memory::{self, Budget, Bytes};
 use crate::models::Precision;
@@ -279,11 +280,23 @@ impl MemoryNetwork {
     }
 
     /// Answer logits `[batch, vocab_size]` in inference mode.
+    /// A call's work in multiply-adds, roughly: every hop reads every word of every memory slot, and the answer
+    /// is a product by the vocabulary (see [`on_caller_if_small`]).
+    fn work(&self, stories: &HostTensor) -> u64 {
+        let c = &self.config;
+        let b = stories.shape.first().copied().unwrap_or(0) as u64;
+        let (m, s, d, v, h) =
+            (c.memory_size as u64, c.sentence_len as u64, c.embed_dim as u64, c.vocab_size as u64, c.hops as u64);
+        b.saturating_mul(m * s * d * h.max(1) + d * v)
+    }
+
     pub fn predict(&self, stories: &HostTensor, queries: &HostTensor) -> Result<HostTensor> {
         self.check_memory("predict", stories, false)?;
         let net = self.net();
         let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
-        HostTensor::from_tensor(&self.trainer.infer(|p, _| Ok(net.forward(&batch, p)?.0))?)
+        on_caller_if_small(self.work(stories), || {
+            HostTensor::from_tensor(&self.trainer.infer(|p, _| Ok(net.forward(&batch, p)?.0))?)
+        })
     }
 
     /// Each hop's attention over the memory slots, `[hops, batch, memory_size]` (zero on empty slots).
@@ -317,7 +330,7 @@ impl MemoryNetwork {
         self.check_memory("evaluate", stories, false)?;
         let net = self.net();
         let batch = net.batch(stories, queries, None, self.trainer.dtype)?;
-        self.trainer.evaluate(answers, |p, _| Ok(net.forward(&batch, p)?.0))
+        on_caller_if_small(self.work(stories), || self.trainer.evaluate(answers, |p, _| Ok(net.forward(&batch, p)?.0)))
     }
 
     /// Loss and gradients (parameter order) for one training batch, without an update.
@@ -350,13 +363,16 @@ impl MemoryNetwork {
         self.trainer.loss_spec()?;
         self.check_memory("trainStep", stories, true)?;
         check_batch(stories, answers)?;
+        let work = self.work(stories);
         let MemoryNetwork { config, layout, trainer, linear } = self;
         let device = trainer.device.clone();
         let net = Net { config, layout, linear: *linear, device: &device };
         let dtype = trainer.dtype;
-        trainer.train_step(answers, |p, ctx| {
-            let batch = net.batch(stories, queries, Some(ctx.rng), dtype)?;
-            Ok(net.forward(&batch, p)?.0)
+        on_caller_if_small(work, || {
+            trainer.train_step(answers, |p, ctx| {
+                let batch = net.batch(stories, queries, Some(ctx.rng), dtype)?;
+                Ok(net.forward(&batch, p)?.0)
+            })
         })
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::host::{HostData, HostTensor};
+use crate::kernels::on_caller_if_small;
 use crate::layers::attention::KvCache;
 use crate::layers::{
     Builder, Dense, Dropout, Embedding, Flow, ForwardCtx, LayerNorm, LayerSpec, MultiHeadAttention, Params,
@@ -436,13 +437,23 @@ impl Sequential {
         self.trainer.check_call(working, training, || format!("{op} on a batch of shape {:?}", x.shape))
     }
 
+    /// A call's work in multiply-adds, roughly: every parameter once per position of `x` (the first two axes,
+    /// batch and time). Small calls run on the calling thread ([`on_caller_if_small`]).
+    fn work(&self, x: &HostTensor) -> u64 {
+        let positions = x.shape.iter().take(2).map(|&d| d as u64).product::<u64>();
+        positions.saturating_mul(self.trainer.param_count() as u64)
+    }
+
     /// Inference: the model's output for `x`, no dropout, no graph kept.
     pub fn predict<'a>(&self, x: impl Into<Input<'a>>, states: &[InitialState]) -> Result<HostTensor> {
         let x = x.into();
         self.check_memory("predict", x.x, false)?;
+        let work = self.work(x.x);
         let b = self.prepare(x, states)?;
-        self.keeping_states(|m| {
-            HostTensor::from_tensor(&m.trainer.infer(|p, ctx| forward_nodes(&m.nodes, &b, p, ctx))?)
+        on_caller_if_small(work, || {
+            self.keeping_states(|m| {
+                HostTensor::from_tensor(&m.trainer.infer(|p, ctx| forward_nodes(&m.nodes, &b, p, ctx))?)
+            })
         })
     }
 
@@ -452,8 +463,11 @@ impl Sequential {
         self.trainer.loss_spec()?;
         check_batch(x.x, y)?;
         self.check_memory("evaluate", x.x, false)?;
+        let work = self.work(x.x);
         let b = self.prepare(x, states)?;
-        self.keeping_states(|m| m.trainer.evaluate(y, |p, ctx| forward_nodes(&m.nodes, &b, p, ctx)))
+        on_caller_if_small(work, || {
+            self.keeping_states(|m| m.trainer.evaluate(y, |p, ctx| forward_nodes(&m.nodes, &b, p, ctx)))
+        })
     }
 
     /// Loss and gradient of every parameter for one batch in training mode, without an update.
@@ -468,9 +482,10 @@ impl Sequential {
         self.trainer.loss_spec()?;
         check_batch(x.x, y)?;
         self.check_memory("trainStep", x.x, true)?;
+        let work = self.work(x.x);
         let b = self.prepare(x, states)?;
         let Sequential { trainer, nodes, .. } = self;
-        trainer.gradients(y, |p, ctx| forward_nodes(nodes, &b, p, ctx))
+        on_caller_if_small(work, || trainer.gradients(y, |p, ctx| forward_nodes(nodes, &b, p, ctx)))
     }
 
     /// One training step: forward, loss, backward, clipping, update.
@@ -484,10 +499,11 @@ impl Sequential {
         self.trainer.loss_spec()?;
         check_batch(x.x, y)?;
         self.check_memory("trainStep", x.x, true)?;
+        let work = self.work(x.x);
         let b = self.prepare(x, states)?;
         let snapshot = self.carried_states();
         let Sequential { trainer, nodes, .. } = self;
-        let out = trainer.train_step(y, |p, ctx| forward_nodes(nodes, &b, p, ctx));
+        let out = on_caller_if_small(work, || trainer.train_step(y, |p, ctx| forward_nodes(nodes, &b, p, ctx)));
         if out.is_err() {
             self.restore_states(snapshot);
         }
@@ -548,6 +564,11 @@ impl Sequential {
     /// positional encodings' `maxLen`: when it is full, the cache restarts from the last half of it (one full
     /// forward over those positions), so the model always sees between half and all of its context.
     pub fn generate(&self, prompt: &[i32], cfg: &GenerateConfig) -> Result<Vec<i32>> {
+        // Each new token runs every parameter once.
+        on_caller_if_small(self.trainer.param_count() as u64, || self.generate_tokens(prompt, cfg))
+    }
+
+    fn generate_tokens(&self, prompt: &[i32], cfg: &GenerateConfig) -> Result<Vec<i32>> {
         let window = self.decoder_window()?;
         let Flow::Ids { vocab_size } = self.input_flow() else {
             return Err(Error::Type("generate: the model must start with an embedding".into()));

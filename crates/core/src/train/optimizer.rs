@@ -335,14 +335,22 @@ fn adam_host<T: Real>(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor,
             with_host(&m0, |ms: &[T]| {
                 with_host(&v0, |vs: &[T]| {
                     const CHUNK: usize = 1 << 15;
-                    let out = np.par_chunks_mut(CHUNK).zip(nm.par_chunks_mut(CHUNK)).zip(nv.par_chunks_mut(CHUNK));
-                    out.enumerate().for_each(|(i, ((po, mo), vo))| {
+                    type Out<'a, T> = (usize, ((&'a mut [T], &'a mut [T]), &'a mut [T]));
+                    let run = |(i, ((po, mo), vo)): Out<T>| {
                         let r = i * CHUNK..i * CHUNK + po.len();
                         let (ps, gs, ms, vs) = (&ps[r.clone()], &gs[r.clone()], &ms[r.clone()], &vs[r]);
-                        for j in 0..po.len() {
-                            (po[j], mo[j], vo[j]) = adam_element(&k, ps[j], gs[j], ms[j], vs[j]);
-                        }
-                    });
+                        adam_pass(&k, ps, gs, ms, vs, po, mo, vo);
+                    };
+                    if crate::kernels::share(n, 2 * CHUNK) {
+                        let out = np.par_chunks_mut(CHUNK).zip(nm.par_chunks_mut(CHUNK)).zip(nv.par_chunks_mut(CHUNK));
+                        out.enumerate().for_each(run);
+                    } else {
+                        np.chunks_mut(CHUNK)
+                            .zip(nm.chunks_mut(CHUNK))
+                            .zip(nv.chunks_mut(CHUNK))
+                            .enumerate()
+                            .for_each(run);
+                    }
                 })
             })
         })
@@ -354,6 +362,26 @@ fn adam_host<T: Real>(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor,
         exp_avg_sq: Tensor::from_vec(nv, shape.clone(), dev)?,
     };
     Ok(Tensor::from_vec(np, shape, dev)?)
+}
+
+crate::kernels::simd_fn! {
+    /// [`adam_element`] over slices of one length, vectorised for the CPU.
+    fn adam_pass<T: Real>(
+        k: &AdamConsts<T>,
+        ps: &[T],
+        gs: &[T],
+        ms: &[T],
+        vs: &[T],
+        po: &mut [T],
+        mo: &mut [T],
+        vo: &mut [T],
+    ) {
+        let n = po.len();
+        let (ps, gs, ms, vs, mo, vo) = (&ps[..n], &gs[..n], &ms[..n], &vs[..n], &mut mo[..n], &mut vo[..n]);
+        for j in 0..n {
+            (po[j], mo[j], vo[j]) = adam_element(k, ps[j], gs[j], ms[j], vs[j]);
+        }
+    }
 }
 
 /// One element of [`adam`]: the same operations as its tensor ops, in the same order.

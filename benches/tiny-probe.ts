@@ -1,0 +1,11 @@
+import { layers, optimizers, sequential, tensor, backend } from '../src/index.js';
+const model = sequential([layers.embedding({ vocabSize: 12, dim: 8 }), layers.lstm({ inputSize: 8, hiddenSize: 16 }), layers.dense({ units: 12 })], { seed: 1 });
+model.compile({ optimizer: optimizers.adam({ learningRate: 1e-2 }), loss: 'crossEntropy' });
+const x = tensor(new Int32Array(24).map((_, i) => i % 12), [4, 6]);
+const y = tensor(new Int32Array(4).map((_, i) => i % 12), [4]);
+for (let i = 0; i < 200; i++) await model.trainStep(x, y);
+const u0 = process.cpuUsage(); const t0 = performance.now();
+const N = 3000;
+for (let i = 0; i < N; i++) await model.trainStep(x, y);
+const ms = (performance.now() - t0) / N; const u = process.cpuUsage(u0);
+console.log(JSON.stringify({ msPerStep: +ms.toFixed(4), userS: u.user / 1e6, sysS: u.system / 1e6, b: (backend() as any).isa }));
