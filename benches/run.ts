@@ -19,11 +19,12 @@ import { attention } from './attention.js';
 import { lstm } from './lstm.js';
 import { memory } from './memory.js';
 import { recurrent } from './recurrent.js';
+import { small } from './small.js';
 import { fullBudget, quickBudget, type Suite } from './measure.js';
 import { backend } from '../src/index.js';
 import { renderMarkdown, writeReport, type Machine, type SuiteReport } from './report.js';
 
-const suites: Suite[] = [lstm, recurrent, memory, attention];
+const suites: Suite[] = [lstm, recurrent, memory, attention, small];
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
