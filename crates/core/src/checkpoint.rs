@@ -213,13 +213,12 @@ pub fn save<M: Checkpointed>(model: &M, path: impl AsRef<Path>) -> Result<()> {
         // The rate a schedule may have set since compile; Rust prints f64 so that it parses back exactly.
         meta.insert(LR.to_string(), opt.config.learning_rate.to_string());
         for ((name, _), slot) in t.params().iter().zip(&opt.slots) {
-            match slot {
-                Slot::Empty => {}
-                Slot::Momentum(b) => tensors.push((format!("{OPT_PREFIX}{name}/momentum"), b.clone())),
-                Slot::Moments { exp_avg, exp_avg_sq } => {
-                    tensors.push((format!("{OPT_PREFIX}{name}/exp_avg"), exp_avg.clone()));
-                    tensors.push((format!("{OPT_PREFIX}{name}/exp_avg_sq"), exp_avg_sq.clone()));
-                }
+            if let Slot::Momentum(b) = slot {
+                tensors.push((format!("{OPT_PREFIX}{name}/momentum"), b.clone()));
+            } else if let Some((exp_avg, exp_avg_sq)) = slot.moments()? {
+                // Views into packed moments are written as their own values (safetensors reads them flattened).
+                tensors.push((format!("{OPT_PREFIX}{name}/exp_avg"), exp_avg));
+                tensors.push((format!("{OPT_PREFIX}{name}/exp_avg_sq"), exp_avg_sq));
             }
         }
     }

@@ -39,6 +39,9 @@ pub trait Real: candle_core::WithDType + num_traits::Float + std::ops::AddAssign
 
     /// The error function.
     fn erf_(self) -> Self;
+
+    /// The elements of a CPU storage of this type, for writing (None for another type).
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]>;
 }
 
 /// f64 keeps libm's functions: it is the precision of the gradient checks.
@@ -46,6 +49,13 @@ impl Real for f64 {
     #[inline(always)]
     fn erf_(self) -> f64 {
         candle_core::cpu::erf::erf_f64(self)
+    }
+
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [f64]> {
+        match s {
+            candle_core::CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
@@ -70,6 +80,13 @@ impl Real for f32 {
     #[inline(always)]
     fn erf_(self) -> f32 {
         fast::erf(self)
+    }
+
+    fn storage_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [f32]> {
+        match s {
+            candle_core::CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
     }
 }
 
@@ -400,6 +417,19 @@ pub(crate) fn slice<'a, T: Real>(
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&all[a..b]),
         None => candle_core::bail!("kernel: {what} must be contiguous"),
+    }
+}
+
+/// The elements a contiguous CPU storage covers, for writing.
+pub(crate) fn slice_mut<'a, T: Real>(
+    s: &'a mut candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a mut [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("kernel: {what} must be contiguous") };
+    match T::storage_mut(s) {
+        Some(all) => Ok(&mut all[a..b]),
+        None => candle_core::bail!("kernel: {what} has another dtype than {:?}", T::DTYPE),
     }
 }
 

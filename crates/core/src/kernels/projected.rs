@@ -71,7 +71,14 @@ impl<T: Real, K: Inner<T>> Projected<T, K> {
         let work: Vec<_> =
             slices.iter().cloned().zip(chunks(a.0, &slices, a.1)).zip(chunks(b.0, &slices, b.1)).enumerate().collect();
         if work.len() == 1 {
-            return work.into_iter().map(|(i, ((r, a), b))| f(i, r, a, b)).collect();
+            let run = || work.into_iter().map(|(i, ((r, a), b))| f(i, r, a, b)).collect();
+            // A batch of one or two splits each step's product between the threads (`small::matmul`): the pass
+            // then runs inside the pool, so that a split is a join between its threads, not a hand-off from
+            // this thread and back at every step.
+            if self.batch <= 2 && super::share(self.hidden * K::GATES * self.hidden, 1 << 16) {
+                return rayon::scope(|_| run());
+            }
+            return run();
         }
         use rayon::prelude::*;
         work.into_par_iter().map(|(i, ((r, a), b))| super::serial(|| f(i, r, a, b))).collect()

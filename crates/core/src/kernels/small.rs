@@ -142,6 +142,17 @@ unsafe fn kernel(
 #[cfg(target_arch = "aarch64")]
 use neon::matmul as kernel;
 
+/// Panels a row block goes over before the next row block starts (see the kernels' loops): 384 columns, whose
+/// part of B is 1.5 KiB a row of k (768 KiB for k = 512, within a 1 or 2 MiB L2). A multiple of every tile's
+/// panel count (1, 2, 4, 6, 8), so that chunks leave no remainder tiles but the last.
+const PANEL_CHUNK: usize = 24;
+
+/// `panels` cut into consecutive chunks of at most [`PANEL_CHUNK`].
+fn chunks(panels: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let end = panels.end;
+    panels.step_by(PANEL_CHUNK).map(move |p| p..(p + PANEL_CHUNK).min(end))
+}
+
 /// A pointer handed to the threads of [`matmul`], which write disjoint parts of what it points to.
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
@@ -178,21 +189,25 @@ mod avx2 {
         dst_rs: usize,
         acc: bool,
     ) {
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(6);
-            let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
-            unsafe {
-                match rows {
-                    6 => block::<6, 2>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    5 => block::<5, 2>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    4 => block::<4, 2>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    3 => block::<3, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    2 => block::<2, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    _ => block::<1, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+        // Panels in chunks of PANEL_CHUNK, every row block over one chunk before the next: the chunk of B stays in
+        // the cache while the rows go over it (B itself may be larger than the cache: 4 MiB for H = 512).
+        for chunk in super::chunks(panels) {
+            let mut r = 0;
+            while r < m {
+                let rows = (m - r).min(6);
+                let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+                unsafe {
+                    match rows {
+                        6 => block::<6, 2>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        5 => block::<5, 2>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        4 => block::<4, 2>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        3 => block::<3, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        2 => block::<2, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        _ => block::<1, 8>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                    }
                 }
+                r += rows;
             }
-            r += rows;
         }
     }
 
@@ -298,21 +313,25 @@ mod avx512 {
         dst_rs: usize,
         acc: bool,
     ) {
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(6);
-            let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
-            unsafe {
-                match rows {
-                    6 => block::<6, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    5 => block::<5, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    4 => block::<4, 6>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    3 => block::<3, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    2 => block::<2, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    _ => block::<1, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+        // Panels in chunks of PANEL_CHUNK, every row block over one chunk before the next: the chunk of B stays in
+        // the cache while the rows go over it (B itself may be larger than the cache: 4 MiB for H = 512).
+        for chunk in super::chunks(panels) {
+            let mut r = 0;
+            while r < m {
+                let rows = (m - r).min(6);
+                let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+                unsafe {
+                    match rows {
+                        6 => block::<6, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        5 => block::<5, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        4 => block::<4, 6>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        3 => block::<3, 8>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        2 => block::<2, 8>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        _ => block::<1, 8>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                    }
                 }
+                r += rows;
             }
-            r += rows;
         }
     }
 
@@ -408,21 +427,25 @@ mod neon {
         dst_rs: usize,
         acc: bool,
     ) {
-        let mut r = 0;
-        while r < m {
-            let rows = (m - r).min(6);
-            let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
-            unsafe {
-                match rows {
-                    6 => block::<6, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    5 => block::<5, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    4 => block::<4, 4>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    3 => block::<3, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    2 => block::<2, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
-                    _ => block::<1, 8>(k, n, a, a_rs, b, panels.clone(), dst, dst_rs, acc),
+        // Panels in chunks of PANEL_CHUNK, every row block over one chunk before the next: the chunk of B stays in
+        // the cache while the rows go over it (B itself may be larger than the cache: 4 MiB for H = 512).
+        for chunk in super::chunks(panels) {
+            let mut r = 0;
+            while r < m {
+                let rows = (m - r).min(6);
+                let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+                unsafe {
+                    match rows {
+                        6 => block::<6, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        5 => block::<5, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        4 => block::<4, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        3 => block::<3, 8>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        2 => block::<2, 8>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                        _ => block::<1, 8>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
+                    }
                 }
+                r += rows;
             }
-            r += rows;
         }
     }
 

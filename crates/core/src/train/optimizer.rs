@@ -155,7 +155,24 @@ impl OptimizerConfig {
 pub enum Slot {
     Empty,
     Momentum(Tensor),
-    Moments { exp_avg: Tensor, exp_avg_sq: Tensor },
+    Moments {
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+    },
+    /// Adam's moments on the CPU as one buffer `[2, ...shape]` (exp_avg, then exp_avg_sq) that each step
+    /// updates in place.
+    Packed(Tensor),
+}
+
+impl Slot {
+    /// Adam's two moments (views into the buffer where they are packed); None for the other kinds.
+    pub fn moments(&self) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(match self {
+            Slot::Moments { exp_avg, exp_avg_sq } => Some((exp_avg.clone(), exp_avg_sq.clone())),
+            Slot::Packed(mv) => Some((mv.get(0)?, mv.get(1)?)),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -214,10 +231,12 @@ impl Optimizer {
             let c = if decays { &c } else { &no_decay };
             let p = var.as_detached_tensor();
             let new = match c.kind {
-                OptimizerKind::Sgd => sgd(c, &p, grad, slot)?,
+                OptimizerKind::Sgd => Some(sgd(c, &p, grad, slot)?),
                 OptimizerKind::Adam | OptimizerKind::AdamW => adam(c, self.step, &p, grad, slot)?,
             };
-            var.set(&new)?;
+            if let Some(new) = new {
+                var.set(&new)?;
+            }
         }
         Ok(())
     }
@@ -252,15 +271,16 @@ fn sgd(c: &OptimizerConfig, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Resul
     Ok(p.sub(&g.affine(c.learning_rate, 0.0)?)?)
 }
 
-fn adam(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<Tensor> {
-    if p.device().is_cpu() && grad.dtype() == p.dtype() {
+/// The new value of `p`, or None where it was updated in place (on the CPU, in f32 and f64).
+fn adam(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<Option<Tensor>> {
+    if p.device().is_cpu() && grad.dtype() == p.dtype() && p.is_contiguous() && grad.is_contiguous() {
         match p.dtype() {
-            DType::F32 => return adam_host::<f32>(c, step, p, grad, slot),
-            DType::F64 => return adam_host::<f64>(c, step, p, grad, slot),
+            DType::F32 => return adam_host::<f32>(c, step, p, grad, slot).map(|()| None),
+            DType::F64 => return adam_host::<f64>(c, step, p, grad, slot).map(|()| None),
             _ => {}
         }
     }
-    adam_tensors(c, step, p, grad, slot)
+    adam_tensors(c, step, p, grad, slot).map(Some)
 }
 
 /// [`adam`] as tensor ops, for any device.
@@ -272,9 +292,9 @@ fn adam_tensors(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor, slot:
     } else if c.weight_decay != 0.0 {
         g = g.add(&p.affine(c.weight_decay, 0.0)?)?;
     }
-    let (m, v) = match slot {
-        Slot::Moments { exp_avg, exp_avg_sq } => (exp_avg.clone(), exp_avg_sq.clone()),
-        _ => (g.zeros_like()?, g.zeros_like()?),
+    let (m, v) = match slot.moments()? {
+        Some(mv) => mv,
+        None => (g.zeros_like()?, g.zeros_like()?),
     };
     // PyTorch writes the first moment as a lerp: m + (1 - beta1) (g - m).
     let m = m.add(&g.sub(&m)?.affine(1.0 - c.beta1, 0.0)?)?;
@@ -302,11 +322,11 @@ struct AdamConsts<T> {
     step_size: T,
 }
 
-/// [`adam`] on CPU in one pass per parameter, instead of a dozen tensor ops that each read and write the whole
-/// parameter. Each element goes through the same operations in the same order as the tensor ops (an affine
-/// map `x * a + b` included, with its `+ 0`), so the results are the same to the bit.
-fn adam_host<T: Real>(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<Tensor> {
-    use rayon::prelude::*;
+/// [`adam`] on the CPU, in place: one pass updates the moments (packed into one buffer, made on the first
+/// step), a second the parameter, with no allocation. Each element goes through the same operations in the
+/// same order as the tensor ops (an affine map `x * a + b` included, with its `+ 0`), so the results are the
+/// same to the bit.
+fn adam_host<T: Real>(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<()> {
     let bc1 = 1.0 - c.beta1.powf(step as f64);
     let bc2 = 1.0 - c.beta2.powf(step as f64);
     let k = AdamConsts {
@@ -321,84 +341,151 @@ fn adam_host<T: Real>(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor,
         eps: T::from_f64(c.epsilon),
         step_size: T::from_f64(c.learning_rate / bc1),
     };
-    let (m0, v0) = match slot {
-        Slot::Moments { exp_avg, exp_avg_sq } => (exp_avg.clone(), exp_avg_sq.clone()),
-        _ => {
-            let z = p.zeros_like()?;
-            (z.clone(), z)
+    let packed = match slot {
+        Slot::Packed(mv) if mv.is_contiguous() => mv.clone(),
+        // Zeros on the first step; moments a checkpoint loaded as two tensors are packed once.
+        other => {
+            let mv = match other.moments()? {
+                Some((m, v)) => Tensor::stack(&[m, v], 0)?.contiguous()?,
+                None => {
+                    let dims: Vec<usize> = std::iter::once(2).chain(p.dims().iter().copied()).collect();
+                    Tensor::zeros(dims, p.dtype(), p.device())?
+                }
+            };
+            *other = Slot::Packed(mv.clone());
+            mv
         }
     };
-    let n = p.elem_count();
-    let (mut np, mut nm, mut nv) = (vec![T::zero(); n], vec![T::zero(); n], vec![T::zero(); n]);
-    with_host(p, |ps: &[T]| {
-        with_host(grad, |gs: &[T]| {
-            with_host(&m0, |ms: &[T]| {
-                with_host(&v0, |vs: &[T]| {
-                    const CHUNK: usize = 1 << 15;
-                    type Out<'a, T> = (usize, ((&'a mut [T], &'a mut [T]), &'a mut [T]));
-                    let run = |(i, ((po, mo), vo)): Out<T>| {
-                        let r = i * CHUNK..i * CHUNK + po.len();
-                        let (ps, gs, ms, vs) = (&ps[r.clone()], &gs[r.clone()], &ms[r.clone()], &vs[r]);
-                        adam_pass(&k, ps, gs, ms, vs, po, mo, vo);
-                    };
-                    if crate::kernels::share(n, 2 * CHUNK) {
-                        let out = np.par_chunks_mut(CHUNK).zip(nm.par_chunks_mut(CHUNK)).zip(nv.par_chunks_mut(CHUNK));
-                        out.enumerate().for_each(run);
-                    } else {
-                        np.chunks_mut(CHUNK)
-                            .zip(nm.chunks_mut(CHUNK))
-                            .zip(nv.chunks_mut(CHUNK))
-                            .enumerate()
-                            .for_each(run);
-                    }
-                })
-            })
-        })
-    })????;
-    let shape = p.shape().clone();
-    let dev = p.device();
-    *slot = Slot::Moments {
-        exp_avg: Tensor::from_vec(nm, shape.clone(), dev)?,
-        exp_avg_sq: Tensor::from_vec(nv, shape.clone(), dev)?,
-    };
-    Ok(Tensor::from_vec(np, shape, dev)?)
+    packed.inplace_op3(p, grad, &AdamMoments(&k))?;
+    p.inplace_op2(&packed, &AdamParams(&k))?;
+    Ok(())
+}
+
+/// Values per parallel chunk of an update pass.
+const ADAM_CHUNK: usize = 1 << 15;
+
+/// Runs `f(range)` over `0..n` in [`ADAM_CHUNK`]s, shared among the threads when it is large enough to pay.
+fn adam_chunks(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    use rayon::prelude::*;
+    let run = |i: usize| f(i * ADAM_CHUNK..((i + 1) * ADAM_CHUNK).min(n));
+    if crate::kernels::share(n, 2 * ADAM_CHUNK) {
+        (0..n.div_ceil(ADAM_CHUNK)).into_par_iter().for_each(run);
+    } else {
+        (0..n.div_ceil(ADAM_CHUNK)).for_each(run);
+    }
+}
+
+/// A pointer to an update pass's output, which the chunks write in disjoint ranges.
+#[derive(Clone, Copy)]
+struct Out<T>(*mut T);
+// SAFETY: each chunk of a pass writes its own range of the buffer (see `adam_chunks`).
+unsafe impl<T: Send> Send for Out<T> {}
+unsafe impl<T: Send> Sync for Out<T> {}
+impl<T> Out<T> {
+    /// `len` elements from `at`: the caller's range, disjoint from every other chunk's.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, at: usize, len: usize) -> &mut [T] {
+        // SAFETY: see the type: in bounds (the caller's range is inside the buffer) and not aliased.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
+/// The moments' pass: `[m; v]` in place from the gradient (and, for L2 decay, the parameter).
+struct AdamMoments<'a, T>(&'a AdamConsts<T>);
+
+impl<T: Real> candle_core::InplaceOp3 for AdamMoments<'_, T> {
+    fn name(&self) -> &'static str {
+        "adam-moments"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let mv = crate::kernels::slice_mut::<T>(s1, l1, "moments")?;
+        let (ps, gs) = (crate::kernels::slice::<T>(s2, l2, "p")?, crate::kernels::slice::<T>(s3, l3, "grad")?);
+        let n = ps.len();
+        if gs.len() != n || mv.len() != 2 * n {
+            candle_core::bail!("adam: {} moments for {n} values and {} gradients", mv.len(), gs.len());
+        }
+        let out = Out(mv.as_mut_ptr());
+        adam_chunks(n, |r| {
+            // SAFETY: m's range and v's range (n further on) of this chunk, which no other chunk touches.
+            let (ms, vs) = unsafe { (out.range(r.start, r.len()), out.range(n + r.start, r.len())) };
+            adam_moments(self.0, &ps[r.clone()], &gs[r], ms, vs);
+        });
+        Ok(())
+    }
+}
+
+/// The parameter's pass: `p` in place from the new moments.
+struct AdamParams<'a, T>(&'a AdamConsts<T>);
+
+impl<T: Real> candle_core::InplaceOp2 for AdamParams<'_, T> {
+    fn name(&self) -> &'static str {
+        "adam-params"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let ps = crate::kernels::slice_mut::<T>(s1, l1, "p")?;
+        let mv = crate::kernels::slice::<T>(s2, l2, "moments")?;
+        let n = ps.len();
+        if mv.len() != 2 * n {
+            candle_core::bail!("adam: {} moments for {n} values", mv.len());
+        }
+        let out = Out(ps.as_mut_ptr());
+        adam_chunks(n, |r| {
+            // SAFETY: this chunk's range of p, which no other chunk touches.
+            let po = unsafe { out.range(r.start, r.len()) };
+            adam_params(self.0, &mv[r.clone()], &mv[n + r.start..n + r.end], po);
+        });
+        Ok(())
+    }
 }
 
 crate::kernels::simd_fn! {
-    /// [`adam_element`] over slices of one length, vectorised for the CPU.
-    fn adam_pass<T: Real>(
-        k: &AdamConsts<T>,
-        ps: &[T],
-        gs: &[T],
-        ms: &[T],
-        vs: &[T],
-        po: &mut [T],
-        mo: &mut [T],
-        vo: &mut [T],
-    ) {
-        let n = po.len();
-        let (ps, gs, ms, vs, mo, vo) = (&ps[..n], &gs[..n], &ms[..n], &vs[..n], &mut mo[..n], &mut vo[..n]);
+    /// `m` and `v` for one chunk, as [`adam_tensors`] computes them.
+    fn adam_moments<T: Real>(k: &AdamConsts<T>, ps: &[T], gs: &[T], ms: &mut [T], vs: &mut [T]) {
+        let n = ms.len();
+        let (ps, gs, vs) = (&ps[..n], &gs[..n], &mut vs[..n]);
+        let zero = T::zero();
         for j in 0..n {
-            (po[j], mo[j], vo[j]) = adam_element(k, ps[j], gs[j], ms[j], vs[j]);
+            let mut g = gs[j];
+            if k.l2 {
+                g += ps[j] * k.wd + zero;
+            }
+            ms[j] = ms[j] + ((g - ms[j]) * k.one_minus_b1 + zero);
+            vs[j] = (vs[j] * k.b2 + zero) + ((g * g) * k.one_minus_b2 + zero);
         }
     }
 }
 
-/// One element of [`adam`]: the same operations as its tensor ops, in the same order.
-#[inline(always)]
-fn adam_element<T: Real>(k: &AdamConsts<T>, p: T, g: T, m: T, v: T) -> (T, T, T) {
-    let zero = T::zero();
-    let (mut p, mut g) = (p, g);
-    if k.adamw {
-        p = p * k.decay + zero;
-    } else if k.l2 {
-        g += p * k.wd + zero;
+crate::kernels::simd_fn! {
+    /// `p` for one chunk from the new moments, as [`adam_tensors`] computes it.
+    fn adam_params<T: Real>(k: &AdamConsts<T>, ms: &[T], vs: &[T], po: &mut [T]) {
+        let n = po.len();
+        let (ms, vs) = (&ms[..n], &vs[..n]);
+        let zero = T::zero();
+        for j in 0..n {
+            let mut p = po[j];
+            if k.adamw {
+                p = p * k.decay + zero;
+            }
+            let denom = vs[j].sqrt() * k.inv_sqrt_bc2 + k.eps;
+            po[j] = p - ((ms[j] / denom) * k.step_size + zero);
+        }
     }
-    let m = m + ((g - m) * k.one_minus_b1 + zero);
-    let v = (v * k.b2 + zero) + ((g * g) * k.one_minus_b2 + zero);
-    let denom = v.sqrt() * k.inv_sqrt_bc2 + k.eps;
-    let p = p - ((m / denom) * k.step_size + zero);
-    (p, m, v)
 }
 
 #[cfg(test)]
@@ -426,16 +513,17 @@ mod tests {
                 let mut rng = Rng::new(4);
                 // Longer than one parallel chunk, so several chunks run.
                 let n = 70_000;
-                let (mut pa, mut pb) = (random(&mut rng, n, dtype), Tensor::zeros(n, dtype, &Device::Cpu).unwrap());
+                let (pa, mut pb) = (random(&mut rng, n, dtype), Tensor::zeros(n, dtype, &Device::Cpu).unwrap());
                 pb = pb.add(&pa).unwrap();
                 let (mut sa, mut sb) = (Slot::Empty, Slot::Empty);
                 for step in 1..=3 {
                     let g = random(&mut rng, n, dtype);
-                    pa = match dtype {
+                    match dtype {
                         DType::F32 => adam_host::<f32>(&c, step, &pa, &g, &mut sa),
                         _ => adam_host::<f64>(&c, step, &pa, &g, &mut sa),
                     }
                     .unwrap();
+                    assert!(matches!(sa, Slot::Packed(_)), "the CPU moments are packed");
                     pb = adam_tensors(&c, step, &pb, &g, &mut sb).unwrap();
                     let bits = |t: &Tensor| -> Vec<u64> {
                         match dtype {
@@ -444,12 +532,10 @@ mod tests {
                         }
                     };
                     assert!(bits(&pa) == bits(&pb), "{kind:?} wd={wd} {dtype:?} step {step}: parameters differ");
-                    let (Slot::Moments { exp_avg: ma, exp_avg_sq: va }, Slot::Moments { exp_avg: mb, exp_avg_sq: vb }) =
-                        (&sa, &sb)
-                    else {
+                    let (Some((ma, va)), Some((mb, vb))) = (sa.moments().unwrap(), sb.moments().unwrap()) else {
                         panic!("no moments after a step")
                     };
-                    assert!(bits(ma) == bits(mb) && bits(va) == bits(vb), "{kind:?} {dtype:?}: moments differ");
+                    assert!(bits(&ma) == bits(&mb) && bits(&va) == bits(&vb), "{kind:?} {dtype:?}: moments differ");
                 }
             }
         }
