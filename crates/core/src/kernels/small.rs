@@ -142,15 +142,22 @@ unsafe fn kernel(
 #[cfg(target_arch = "aarch64")]
 use neon::matmul as kernel;
 
-/// Panels a row block goes over before the next row block starts (see the kernels' loops): 384 columns, whose
-/// part of B is 1.5 KiB a row of k (768 KiB for k = 512, within a 1 or 2 MiB L2). A multiple of every tile's
-/// panel count (1, 2, 4, 6, 8), so that chunks leave no remainder tiles but the last.
+/// Panels a row block goes over before the next row block starts, where B is too large for the cache (see the
+/// kernels' loops): 384 columns, whose part of B is 1.5 KiB a row of k (768 KiB for k = 512, within a 1 or
+/// 2 MiB L2). A multiple of every tile's panel count (1, 2, 4, 6, 8), so that chunks leave no remainder tiles
+/// but the last.
 const PANEL_CHUNK: usize = 24;
 
-/// `panels` cut into consecutive chunks of at most [`PANEL_CHUNK`].
-fn chunks(panels: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+/// Above this many bytes of B the panels go in chunks: measured on a 2 MiB-L2 Xeon, chunks made H = 512
+/// (4 MiB of B) faster and H = 256 (1 MiB) slower.
+const CHUNKED_ABOVE: usize = 3 << 19;
+
+/// `panels` (of `k` rows each) cut into consecutive chunks of at most [`PANEL_CHUNK`] where they hold more
+/// than [`CHUNKED_ABOVE`] bytes; one chunk otherwise.
+fn chunks(panels: std::ops::Range<usize>, k: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
     let end = panels.end;
-    panels.step_by(PANEL_CHUNK).map(move |p| p..(p + PANEL_CHUNK).min(end))
+    let size = if panels.len() * NR * k * 4 > CHUNKED_ABOVE { PANEL_CHUNK } else { panels.len().max(1) };
+    panels.step_by(size).map(move |p| p..(p + size).min(end))
 }
 
 /// A pointer handed to the threads of [`matmul`], which write disjoint parts of what it points to.
@@ -189,9 +196,9 @@ mod avx2 {
         dst_rs: usize,
         acc: bool,
     ) {
-        // Panels in chunks of PANEL_CHUNK, every row block over one chunk before the next: the chunk of B stays in
-        // the cache while the rows go over it (B itself may be larger than the cache: 4 MiB for H = 512).
-        for chunk in super::chunks(panels) {
+        // Where B is larger than the cache (4 MiB for H = 512), panels go in chunks, every row block over one
+        // chunk before the next, so that the chunk stays in the cache while the rows go over it.
+        for chunk in super::chunks(panels, k) {
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(6);
@@ -313,9 +320,9 @@ mod avx512 {
         dst_rs: usize,
         acc: bool,
     ) {
-        // Panels in chunks of PANEL_CHUNK, every row block over one chunk before the next: the chunk of B stays in
-        // the cache while the rows go over it (B itself may be larger than the cache: 4 MiB for H = 512).
-        for chunk in super::chunks(panels) {
+        // Where B is larger than the cache (4 MiB for H = 512), panels go in chunks, every row block over one
+        // chunk before the next, so that the chunk stays in the cache while the rows go over it.
+        for chunk in super::chunks(panels, k) {
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(6);
@@ -427,9 +434,9 @@ mod neon {
         dst_rs: usize,
         acc: bool,
     ) {
-        // Panels in chunks of PANEL_CHUNK, every row block over one chunk before the next: the chunk of B stays in
-        // the cache while the rows go over it (B itself may be larger than the cache: 4 MiB for H = 512).
-        for chunk in super::chunks(panels) {
+        // Where B is larger than the cache (4 MiB for H = 512), panels go in chunks, every row block over one
+        // chunk before the next, so that the chunk stays in the cache while the rows go over it.
+        for chunk in super::chunks(panels, k) {
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(6);
@@ -545,7 +552,18 @@ mod tests {
         }
         let mut rng = Rng::new(5);
         for (m, k, n) in
-            [(1, 1, 1), (1, 7, 5), (2, 9, 16), (3, 4, 17), (5, 33, 40), (6, 8, 64), (13, 21, 37), (16, 64, 96)]
+            // The last goes over B in chunks (1.6 MB of B, 50 panels: two full chunks and a short one).
+            [
+                (1, 1, 1),
+                (1, 7, 5),
+                (2, 9, 16),
+                (3, 4, 17),
+                (5, 33, 40),
+                (6, 8, 64),
+                (13, 21, 37),
+                (16, 64, 96),
+                (16, 512, 800),
+            ]
         {
             let a_rs = k + 3;
             let a = random(&mut rng, m * a_rs);
@@ -600,7 +618,9 @@ mod tests {
             return;
         }
         let mut rng = Rng::new(11);
-        for (m, k, n) in [(1, 3, 1), (2, 17, 15), (3, 8, 33), (4, 64, 100), (5, 31, 16), (6, 40, 130), (9, 12, 257)] {
+        for (m, k, n) in
+            [(1, 3, 1), (2, 17, 15), (3, 8, 33), (4, 64, 100), (5, 31, 16), (6, 40, 130), (9, 12, 257), (7, 512, 900)]
+        {
             let a = random(&mut rng, m * k);
             let b = random(&mut rng, k * n);
             let packed = Packed::rows(&b, k, n, n);
