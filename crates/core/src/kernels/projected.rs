@@ -75,7 +75,7 @@ impl<T: Real, K: Inner<T>> Projected<T, K> {
             // A batch of one or two splits each step's product between the threads (`small::matmul`): the pass
             // then runs inside the pool, so that a split is a join between its threads, not a hand-off from
             // this thread and back at every step.
-            if self.batch <= 2 && super::share(self.hidden * K::GATES * self.hidden, 1 << 16) {
+            if self.batch <= 2 && super::share(self.hidden * K::GATES * self.hidden, super::small::SPLIT_WORK) {
                 return rayon::scope(|_| run());
             }
             return run();

@@ -62,6 +62,11 @@ impl<T: Real> Packed<T> {
     }
 }
 
+/// The least `k * n` for which a product of one or two rows is split between two threads: below it the join
+/// costs more than half the product (a GRU of 128 at batch 1, 49K, spent more time in the kernel than in user
+/// code when it split).
+pub(crate) const SPLIT_WORK: usize = 1 << 17;
+
 /// Whether [`matmul`] has a micro-kernel for this CPU and type.
 pub(crate) fn available<T: 'static>() -> bool {
     if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
@@ -94,8 +99,9 @@ pub(crate) fn matmul<T: Real>(
     if available::<T>() {
         let panels = n.div_ceil(NR);
         // One or two rows (a batch of one, not already cut into per-thread slices): the product reads all of B
-        // for very little arithmetic, so two threads each take half the panels (and half of B in their cache).
-        let split = m <= 2 && panels >= 16 && !super::in_serial() && rayon::current_num_threads() > 1;
+        // for very little arithmetic, so two threads each take half the panels (and half of B in their cache),
+        // where B is large enough to pay for the join ([`SPLIT_WORK`]).
+        let split = m <= 2 && panels >= 16 && super::share(k * n, SPLIT_WORK);
         let (a, b, dst) =
             (Ptr(a.as_ptr() as *mut f32), Ptr(b.data.as_ptr() as *mut f32), Ptr(dst.as_mut_ptr() as *mut f32));
         let run = |p0: usize, p1: usize| {

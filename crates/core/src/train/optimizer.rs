@@ -273,7 +273,10 @@ fn sgd(c: &OptimizerConfig, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Resul
 
 /// The new value of `p`, or None where it was updated in place (on the CPU, in f32 and f64).
 fn adam(c: &OptimizerConfig, step: u64, p: &Tensor, grad: &Tensor, slot: &mut Slot) -> Result<Option<Tensor>> {
-    if p.device().is_cpu() && grad.dtype() == p.dtype() && p.is_contiguous() && grad.is_contiguous() {
+    if p.device().is_cpu() && grad.dtype() == p.dtype() && p.is_contiguous() {
+        // A gradient can come out of the backward as a strided view (a transpose): one copy, still far cheaper
+        // than the tensor ops.
+        let grad = &grad.contiguous()?;
         match p.dtype() {
             DType::F32 => return adam_host::<f32>(c, step, p, grad, slot).map(|()| None),
             DType::F64 => return adam_host::<f64>(c, step, p, grad, slot).map(|()| None),
