@@ -127,10 +127,10 @@ simd_fn! {
     /// One row's step: `r`, `z`, `hn = hp_n + b_hn`, `n` and `h`, in one pass.
     fn cell<T: Real>(x: &[T], hp: &[T], b_hh: &[T], h_prev: &[T], gates: &mut [T], hn: &mut [T], h_out: &mut [T]) {
         let n = hn.len();
-        let [xr, xz, xn] = blocks(x, n);
-        let [pr, pz, pn] = blocks(hp, n);
-        let [br, bz, bn] = blocks(b_hh, n);
-        let [gr, gz, gn] = blocks_mut(gates, n);
+        blocks!(x, n => xr, xz, xn);
+        blocks!(hp, n => pr, pz, pn);
+        blocks!(b_hh, n => br, bz, bn);
+        blocks_mut!(gates, n => gr, gz, gn);
         let (h_prev, hn, h_out) = (&h_prev[..n], &mut hn[..n], &mut h_out[..n]);
         for j in 0..n {
             let r = (xr[j] + (pr[j] + br[j])).sigmoid();
@@ -160,10 +160,10 @@ simd_fn! {
         direct: &mut [T],
     ) {
         let n = hn.len();
-        let [gr, gz, gn] = blocks(gates, n);
+        blocks!(gates, n => gr, gz, gn);
         let (hn, h_prev, dout, dh, direct) = (&hn[..n], &h_prev[..n], &dout[..n], &dh[..n], &mut direct[..n]);
-        let [dxr, dxz, dxn] = blocks_mut(dx, n);
-        let [dpr, dpz, dpn] = blocks_mut(dhp, n);
+        blocks_mut!(dx, n => dxr, dxz, dxn);
+        blocks_mut!(dhp, n => dpr, dpz, dpn);
         for j in 0..n {
             let (r, z, nj) = (gr[j], gz[j], gn[j]);
             let dht = dh[j] + dout[j];

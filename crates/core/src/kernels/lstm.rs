@@ -184,10 +184,10 @@ simd_fn! {
         h_out: &mut [T],
     ) {
         let n = c.len();
-        let [xi, xf, xg, xo] = blocks(x, n);
-        let [pi, pf, pg, po] = blocks(hp, n);
-        let [bi, bf, bg, bo] = blocks(b_hh, n);
-        let [gi, gf, gg, go] = blocks_mut(gates, n);
+        blocks!(x, n => xi, xf, xg, xo);
+        blocks!(hp, n => pi, pf, pg, po);
+        blocks!(b_hh, n => bi, bf, bg, bo);
+        blocks_mut!(gates, n => gi, gf, gg, go);
         let (c_prev, c, tc, h_out) = (&c_prev[..n], &mut c[..n], &mut tc[..n], &mut h_out[..n]);
         for j in 0..n {
             let i = (xi[j] + (pi[j] + bi[j])).sigmoid();
@@ -220,9 +220,9 @@ simd_fn! {
         dg: &mut [T],
     ) {
         let n = dc.len();
-        let [gi, gf, gg, go] = blocks(gates, n);
+        blocks!(gates, n => gi, gf, gg, go);
         let (c_prev, tc, dout, dh, dc) = (&c_prev[..n], &tc[..n], &dout[..n], &dh[..n], &mut dc[..n]);
-        let [di, df, dgg, d_o] = blocks_mut(dg, n);
+        blocks_mut!(dg, n => di, df, dgg, d_o);
         for j in 0..n {
             let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
             let dht = dh[j] + dout[j];
