@@ -235,6 +235,41 @@ fn fused_recurrences_in_f32_match_f64() {
     }
 }
 
+/// An f32 LSTM whose W_hh outgrows a core's cache (H = 320: 1.6 MB) runs a forward without a backward with its
+/// hidden units shared among the threads; it gives the same bits, output and final cell state, as the forward
+/// that keeps its activations for a backward (which cuts the batch instead), on pools of 2 and 3 threads (uneven
+/// shares of the units), with and without padded rows, for a batch of 1 and of several.
+#[test]
+fn lstm_forward_shared_by_hidden_units_gives_the_same_bits_as_by_batch_rows() {
+    use engram_core::DType;
+    use std::sync::Mutex;
+    let (inp, h) = (24, 320);
+    for (b, t, lengths) in [(1, 45, None), (7, 9, Some(vec![9, 3, 2, 9, 1, 8, 5])), (16, 4, None)] {
+        let mut rng = Rng::new(b as u64 + 40);
+        let x = random(&mut rng, &[b, t, inp], 1.0).to_dtype(DType::F32).unwrap();
+        let w = random(&mut rng, &[4 * h, inp + h + 2], 0.08).to_dtype(DType::F32).unwrap();
+        let s0 = random(&mut rng, &[b, 2 * h], 0.5).to_dtype(DType::F32).unwrap();
+        for threads in [2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let run = |w: &Tensor| {
+                let cells: engram_core::kernels::FinalState = Arc::new(Mutex::new(None));
+                let lengths = lengths.clone().map(Arc::new);
+                let out = pool.install(|| projected(P::Lstm, &x, w, &s0, lengths, Some(cells.clone()))).unwrap();
+                let cells = cells.lock().unwrap().clone().unwrap();
+                (out.flatten_all().unwrap().to_vec1::<f32>().unwrap(), cells)
+            };
+            // A Var's forward keeps its activations for a backward, and so cuts the batch.
+            let kept = Var::from_tensor(&w).unwrap();
+            let (by_units, cells_units) = run(&w);
+            let (by_rows, cells_rows) = run(kept.as_tensor());
+            assert!(by_units.iter().any(|&v| v != 0.0));
+            let same = by_units.iter().zip(&by_rows).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "b {b} t {t} threads {threads}: outputs differ");
+            assert_eq!(cells_units, cells_rows, "b {b} t {t} threads {threads}: final cells differ");
+        }
+    }
+}
+
 #[test]
 fn weighted_bag_matches_gather_multiply_sum_forward_and_backward() {
     use engram_core::kernels::bag::weighted_bag;

@@ -279,6 +279,14 @@ impl<'a, T: Real> Hidden<'a, T> {
         Hidden { hh, stride, hidden, gates, rhs, b_hh }
     }
 
+    /// `W_hh` packed for the small-batch product, where it was.
+    pub fn packed(&self) -> Option<&small::Packed<T>> {
+        match &self.rhs {
+            Rhs::Packed(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// `dst [m, G*H] (+)= h [m, H] x W_hh^T` (built for a forward).
     pub fn times_t(&self, m: usize, h: &[T], dst: &mut [T], accumulate: bool) {
         let (hd, gh) = (self.hidden, self.gates * self.hidden);
@@ -331,6 +339,11 @@ pub(crate) trait Inner<T: Real>: Send + Sync + 'static {
     }
     /// The same recurrence over batch rows `rows` only.
     fn rows(&self, rows: std::ops::Range<usize>) -> Self;
+    /// How many threads [`Inner::run`] shares the hidden units of the whole batch among, where it does (the
+    /// batch is then not cut into slices); 1 otherwise.
+    fn unit_threads(&self, _keep: bool) -> usize {
+        1
+    }
 }
 
 /// `let a = &v[0..n]; let b = &v[n..2n]; ...`: consecutive blocks of `n` elements of `v`, each a slice whose
@@ -339,11 +352,15 @@ pub(crate) trait Inner<T: Real>: Send + Sync + 'static {
 /// LLVM run a whole vector's worth of every row in scalar code, a third of an LSTM cell's time.)
 macro_rules! blocks {
     ($v:expr, $n:expr => $($name:ident),+ $(,)?) => {
-        let (__v, __n) = ($v, $n);
+        $crate::kernels::blocks!($v, $n, $n => $($name),+);
+    };
+    // Blocks of `n` that start `stride` apart.
+    ($v:expr, $n:expr, $stride:expr => $($name:ident),+ $(,)?) => {
+        let (__v, __n, __stride) = ($v, $n, $stride);
         let mut __at = 0usize;
         $(
             let $name = &__v[__at..__at + __n];
-            __at += __n;
+            __at += __stride;
         )+
         let _ = __at;
     };
@@ -361,6 +378,113 @@ macro_rules! blocks_mut {
     };
 }
 pub(crate) use blocks_mut;
+
+/// A barrier for a fixed set of threads that step through a loop together (see [`lstm`]'s split forward),
+/// which spins for a while before yielding: a step of such a loop takes tens to hundreds of microseconds,
+/// far less than a futex sleep and wake-up round trip on a virtual machine. Each round also carries a vote,
+/// so that every thread leaves the loop at the same step when one of them sees the call cancelled.
+pub(crate) struct StepBarrier {
+    threads: std::sync::atomic::AtomicUsize,
+    arrived: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+    /// The stop votes of even and odd rounds.
+    stop: [std::sync::atomic::AtomicBool; 2],
+}
+
+impl StepBarrier {
+    /// For `threads` threads; [`StepBarrier::set_threads`] may lower the count before the last of them arrives.
+    pub fn new(threads: usize) -> Self {
+        StepBarrier {
+            threads: std::sync::atomic::AtomicUsize::new(threads),
+            arrived: Default::default(),
+            generation: Default::default(),
+            stop: Default::default(),
+        }
+    }
+
+    /// The number of threads that take part, where fewer than planned could be started: set before this thread
+    /// arrives at the first round.
+    pub fn set_threads(&self, threads: usize) {
+        self.threads.store(threads, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until every thread has arrived at round `round` (counted from 0 by each thread), and returns
+    /// whether any of them voted to stop in this round.
+    pub fn wait(&self, round: usize, stop: bool) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+        let slot = round & 1;
+        if stop {
+            self.stop[slot].store(true, Relaxed);
+        }
+        let generation = self.generation.load(Acquire);
+        if self.arrived.fetch_add(1, AcqRel) + 1 == self.threads.load(Acquire) {
+            // The last to arrive: every thread has read the other slot's vote (of the round before), so it can
+            // be cleared for the next round.
+            self.arrived.store(0, Relaxed);
+            self.stop[slot ^ 1].store(false, Relaxed);
+            self.generation.fetch_add(1, Release);
+        } else {
+            let mut spins = 0u32;
+            while self.generation.load(Acquire) == generation {
+                if spins < 1 << 14 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        self.stop[slot].load(Acquire)
+    }
+}
+
+/// The threads of a pool that join a call which steps through a loop with a [`StepBarrier`]: the caller, index 0,
+/// and the helper jobs it spawned that started before it closed the team. A helper whose thread was busy
+/// elsewhere must not be waited for (two such calls, each waiting on the other's threads, would wait for
+/// ever): it finds the team closed and does nothing, and the others share its work.
+pub(crate) struct Team {
+    /// The members so far (the caller counts from the start), with [`Team::CLOSED`] set once closed.
+    state: std::sync::atomic::AtomicUsize,
+}
+
+impl Team {
+    const CLOSED: usize = 1 << (usize::BITS - 1);
+
+    pub fn new() -> Self {
+        Team { state: std::sync::atomic::AtomicUsize::new(1) }
+    }
+
+    /// For a helper: its index and the number of members, once the caller closed the team; None where it was
+    /// closed before this helper started.
+    pub fn join(&self) -> Option<(usize, usize)> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let index = self
+            .state
+            .fetch_update(AcqRel, Acquire, |s| if s & Self::CLOSED != 0 { None } else { Some(s + 1) })
+            .ok()?;
+        loop {
+            let s = self.state.load(Acquire);
+            if s & Self::CLOSED != 0 {
+                return Some((index, s & !Self::CLOSED));
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// For the caller: waits a little (200 microseconds at most) for `want` members, closes the team, sets
+    /// the barrier's count to the members there are and returns it.
+    pub fn close(&self, want: usize, barrier: &StepBarrier) -> usize {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let start = std::time::Instant::now();
+        while self.state.load(Acquire) < want && start.elapsed() < std::time::Duration::from_micros(200) {
+            std::hint::spin_loop();
+        }
+        let members = self.state.fetch_or(Self::CLOSED, AcqRel) & !Self::CLOSED;
+        // Before this thread arrives at the barrier's first round, so that the last to arrive sees the count.
+        barrier.set_threads(members);
+        members
+    }
+}
 
 /// Column sums of `m [rows, n]` row-major.
 pub(crate) fn column_sums<T: Real>(m: &[T], n: usize) -> Vec<T> {

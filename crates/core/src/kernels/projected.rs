@@ -55,7 +55,10 @@ impl<T: Real, K: Inner<T>> Projected<T, K> {
         // One slice where the call is small or already runs on one thread (see `kernels::share`): below about
         // 256K multiply-adds in the recurrence, the slices' wake-ups cost more than they save.
         let work = self.batch * self.seq_len * K::GATES * self.hidden * (self.hidden + 1);
-        let n = if super::share(work, 1 << 18) { rayon::current_num_threads().min(self.batch).max(1) } else { 1 };
+        // Or one slice whose hidden units the recurrence shares among the threads itself.
+        let units = <K as Inner<T>>::unit_threads(&self.inner, self.keep) > 1;
+        let n =
+            if !units && super::share(work, 1 << 18) { rayon::current_num_threads().min(self.batch).max(1) } else { 1 };
         (0..n).map(|i| (i * self.batch / n)..((i + 1) * self.batch / n)).collect()
     }
 

@@ -120,6 +120,67 @@ pub(crate) fn matmul<T: Real>(
     false
 }
 
+/// `dst [m, cols] = A [m, k] (row stride a_rs) x B[:, cols]` for the columns `cols` of B (a multiple of [`NR`] at
+/// both ends, or ending at B's last column), written to `dst` with row stride `dst_rs`: column `j` of B goes
+/// to `dst[r * dst_rs + j - cols.start]`. For threads that share out one product by columns. Returns false,
+/// having done nothing, where there is no micro-kernel for this CPU and type.
+///
+/// # Safety
+/// `dst` must be valid for writes at every `r * dst_rs + j` with `r < m` and `j < cols.len()`, and nothing else
+/// may access those elements during the call.
+pub(crate) unsafe fn matmul_columns<T: Real>(
+    m: usize,
+    a: &[T],
+    a_rs: usize,
+    b: &Packed<T>,
+    cols: std::ops::Range<usize>,
+    dst: *mut T,
+    dst_rs: usize,
+) -> bool {
+    let (k, n) = (b.k, b.n);
+    if !available::<T>() {
+        return false;
+    }
+    assert!(
+        cols.start.is_multiple_of(NR) && (cols.end.is_multiple_of(NR) || cols.end == n) && cols.end <= n,
+        "small matmul: columns {cols:?} not on panel bounds"
+    );
+    if m == 0 || cols.is_empty() {
+        return true;
+    }
+    assert!(a.len() >= (m - 1) * a_rs + k, "small matmul: A out of bounds");
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    {
+        // The kernel writes column j at dst + j: dst shifted back by cols.start, which the kernels only offset
+        // with wrapping arithmetic, into the columns of `cols`.
+        let shifted = (dst as *mut f32).wrapping_sub(cols.start);
+        let panels = cols.start / NR..cols.end.div_ceil(NR);
+        // SAFETY: T is f32 (`available`); A stays inside `a` (asserted); the kernel writes only the columns of
+        // `panels` below n, that is dst's columns 0..cols.len() of m rows (the caller's promise); the CPU has
+        // the instruction set of the variant called.
+        unsafe {
+            kernel(
+                m,
+                k,
+                n,
+                a.as_ptr() as *const f32,
+                a_rs,
+                b.data.as_ptr() as *const f32,
+                panels,
+                shifted,
+                dst_rs,
+                false,
+            )
+        };
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = (dst, dst_rs);
+        false
+    }
+}
+
 /// The micro-kernel for the chosen instruction set (whose availability the caller checked).
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
@@ -210,7 +271,7 @@ mod avx2 {
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(6);
-                let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+                let (a, dst) = (unsafe { a.add(r * a_rs) }, dst.wrapping_add(r * dst_rs));
                 unsafe {
                     match rows {
                         6 => block::<6, 2>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
@@ -289,7 +350,7 @@ mod avx2 {
                     if col >= n {
                         continue;
                     }
-                    let out = dst.add(r * dst_rs + col);
+                    let out = dst.wrapping_add(r * dst_rs + col);
                     if col + 8 <= n {
                         let x = if acc { _mm256_add_ps(_mm256_loadu_ps(out), x) } else { x };
                         _mm256_storeu_ps(out, x);
@@ -338,7 +399,7 @@ mod avx512 {
             let mut r = 0;
             while r < m {
                 let rows = if m - r >= 8 { 8 } else { (m - r).min(6) };
-                let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+                let (a, dst) = (unsafe { a.add(r * a_rs) }, dst.wrapping_add(r * dst_rs));
                 unsafe {
                     match rows {
                         8 => block::<8, 3>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
@@ -417,7 +478,7 @@ mod avx512 {
                     }
                     // The last panel's columns past n are padding: masked off.
                     let mask: __mmask16 = if col + NR <= n { 0xFFFF } else { (1u16 << (n - col)) - 1 };
-                    let out = dst.add(r * dst_rs + col);
+                    let out = dst.wrapping_add(r * dst_rs + col);
                     let x = if acc { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), x) } else { x };
                     _mm512_mask_storeu_ps(out, mask, x);
                 }
@@ -453,7 +514,7 @@ mod neon {
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(6);
-                let (a, dst) = unsafe { (a.add(r * a_rs), dst.add(r * dst_rs)) };
+                let (a, dst) = (unsafe { a.add(r * a_rs) }, dst.wrapping_add(r * dst_rs));
                 unsafe {
                     match rows {
                         6 => block::<6, 4>(k, n, a, a_rs, b, chunk.clone(), dst, dst_rs, acc),
@@ -530,7 +591,7 @@ mod neon {
                     if col >= n {
                         continue;
                     }
-                    let out = dst.add(r * dst_rs + col);
+                    let out = dst.wrapping_add(r * dst_rs + col);
                     if col + 4 <= n {
                         let x = if acc { vaddq_f32(vld1q_f32(out), x) } else { x };
                         vst1q_f32(out, x);
