@@ -66,15 +66,19 @@ impl LstmSeq {
     }
 
     /// How many threads a forward shares the hidden units among (see [`LstmSeq::forward_units`]); 1 where it
-    /// does not. Only where no backward follows, the product has a micro-kernel, the units fall on its panels,
-    /// and `W_hh` is larger than a core's cache can hold beside the rest.
+    /// does not. Only where the product has a micro-kernel and the units fall on its panels, and either a batch
+    /// of one row, whose product would be split between the threads at every step anyway (with a join each
+    /// time), or a forward without a backward whose `W_hh` is larger than a core's cache can hold beside the
+    /// rest.
     fn threads_for_units<T: Real>(&self, keep: bool) -> usize {
         let h = self.hidden;
         let bytes = 4 * h * h * std::mem::size_of::<T>();
-        if keep || !small::available::<T>() || !h.is_multiple_of(small::NR) || bytes <= UNITS_ABOVE {
+        let one_row = self.batch == 1 && 4 * h * h >= small::SPLIT_WORK;
+        let large = !keep && bytes > UNITS_ABOVE;
+        if !(one_row || large) || !small::available::<T>() || !h.is_multiple_of(small::NR) {
             return 1;
         }
-        if !super::share(self.batch * self.seq_len * 4 * h * h, 1 << 24) {
+        if !super::share(self.batch * self.seq_len * 4 * h * h, 1 << 22) {
             return 1;
         }
         rayon::current_num_threads().min(h / small::NR)
@@ -85,7 +89,7 @@ impl LstmSeq {
         if threads > 1
             && let Some(packed) = w.packed()
         {
-            return self.forward_units(xp, w, packed, s0, out, threads);
+            return self.forward_units(xp, w, packed, s0, out, keep, threads);
         }
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
@@ -143,8 +147,8 @@ impl LstmSeq {
         Saved { gates, c: cs, h: hs, tc: tcs, keep }
     }
 
-    /// A forward without a backward, over the whole batch, whose hidden units are shared among `threads`
-    /// threads: each makes its units' gates (its columns of `h W_hh^T`, its rows of `W_hh` kept in its own
+    /// A forward over the whole batch whose hidden units are shared among up to `threads` threads (see
+    /// [`LstmSeq::threads_for_units`] for where): each makes its units' gates (its columns of `h W_hh^T`, its rows of `W_hh` kept in its own
     /// cache from step to step) and their `c` and `h` for every row, and the threads meet at a barrier after
     /// every step, when each needs the whole of `h`. Cutting the batch instead, every thread would read all of
     /// `W_hh` at every step: from the shared cache or memory once it outgrows a core's. The same bits as the
@@ -156,12 +160,18 @@ impl LstmSeq {
         packed: &small::Packed<T>,
         s0: &[T],
         out: &mut [T],
+        keep: bool,
         threads: usize,
     ) -> Saved<T> {
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
-        let mut cs = vec![T::zero(); 2 * b * h];
-        let mut hs = vec![T::zero(); 2 * b * h];
+        let steps = if keep { t_len } else { 1 };
+        let mut saved_gates = vec![T::zero(); if keep { steps * b * g4 } else { 0 }];
+        let mut tcs = vec![T::zero(); if keep { steps * b * h } else { 0 }];
+        let states = if keep { t_len + 1 } else { 2 };
+        let mut cs = vec![T::zero(); states * b * h];
+        let mut hs = vec![T::zero(); states * b * h];
+        let state = |t: usize| if keep { t } else { t % 2 };
         for bi in 0..b {
             hs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h..bi * 2 * h + h]);
             cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
@@ -172,17 +182,19 @@ impl LstmSeq {
         let barrier = StepBarrier::new(threads);
         let team = Team::new();
         let (c_ptr, h_ptr, out_ptr) = (Shared(cs.as_mut_ptr()), Shared(hs.as_mut_ptr()), Shared(out.as_mut_ptr()));
+        let (g_ptr, tc_ptr) = (Shared(saved_gates.as_mut_ptr()), Shared(tcs.as_mut_ptr()));
         let run = |units: std::ops::Range<usize>| {
             let nu = units.len();
             let mut hp = vec![T::zero(); b * 4 * nu];
             let mut gates = vec![T::zero(); 4 * nu];
-            let mut tc = vec![T::zero(); nu];
+            let mut tc_own = vec![T::zero(); nu];
             for t in 0..t_len {
-                let (prev, next) = ((t % 2) * b * h, ((t + 1) % 2) * b * h);
-                // SAFETY: the state buffers hold 2 * b * h elements. Between two rounds of the barrier no thread
-                // writes the `prev` half, and each writes only its own units of the `next` half and of `out`
-                // (row bi's at bi * h + units, and (bi * t_len + t) * h + units), so the slices made here
-                // overlap nothing that another thread writes meanwhile.
+                let (prev, next) = (state(t) * b * h, state(t + 1) * b * h);
+                // SAFETY: the state buffers hold `states` steps of b * h elements. Between two rounds of the
+                // barrier no thread writes step t's state (`prev`), and each writes only its own units of step
+                // t + 1's state, of `out` and of the kept gates and tanh(c) (row bi's at bi * h + units,
+                // (bi * t_len + t) * h + units, (t * b + bi) * 4H + g * H + units and (t * b + bi) * h + units),
+                // so the slices made here overlap nothing that another thread writes meanwhile.
                 let (h_prev, c_prev) = unsafe {
                     (
                         std::slice::from_raw_parts(h_ptr.get().add(prev) as *const T, b * h),
@@ -213,6 +225,12 @@ impl LstmSeq {
                         continue;
                     }
                     let row = (bi * t_len + t) * g4;
+                    let tc = if keep {
+                        // SAFETY: this thread's units of row bi at step t (see above).
+                        unsafe { std::slice::from_raw_parts_mut(tc_ptr.get().add((t * b + bi) * h + units.start), nu) }
+                    } else {
+                        &mut tc_own[..]
+                    };
                     cell(
                         &xp[row + units.start..row + g4],
                         h,
@@ -221,10 +239,17 @@ impl LstmSeq {
                         &c_prev[own..own + nu],
                         &mut gates,
                         c_next,
-                        &mut tc,
+                        tc,
                         h_next,
                     );
                     o.copy_from_slice(h_next);
+                    if keep {
+                        for (g, part) in gates.chunks_exact(nu).enumerate() {
+                            let at = (t * b + bi) * g4 + g * h + units.start;
+                            // SAFETY: this thread's units of gate g, row bi, step t (see above).
+                            unsafe { std::slice::from_raw_parts_mut(g_ptr.get().add(at), nu) }.copy_from_slice(part);
+                        }
+                    }
                 }
                 if barrier.wait(t, self.cancel.is_set()) {
                     break;
@@ -244,7 +269,7 @@ impl LstmSeq {
             let n = team.close(threads, &barrier);
             run(units(0, n));
         });
-        Saved { gates: Vec::new(), c: cs, h: hs, tc: Vec::new(), keep: false }
+        Saved { gates: saved_gates, c: cs, h: hs, tc: tcs, keep }
     }
 
     fn backward<T: Real>(
@@ -432,9 +457,15 @@ mod tests {
         let seq = |b: usize, h: usize| LstmSeq::new(b, 50, h, Lengths::new(None, b, 50).unwrap());
         pool.install(|| {
             let available = super::small::available::<f32>();
-            assert_eq!(seq(7, 320).threads_for_units::<f32>(false), if available { 2 } else { 1 });
-            assert_eq!(seq(1, 512).threads_for_units::<f32>(false), if available { 2 } else { 1 });
-            // A forward for a backward, a W_hh that a core holds, f64, a hidden size off the panels: not.
+            let two = if available { 2 } else { 1 };
+            assert_eq!(seq(7, 320).threads_for_units::<f32>(false), two);
+            assert_eq!(seq(1, 512).threads_for_units::<f32>(false), two);
+            // A batch of one row, with or without a backward, from a product of 128K multiply-adds a step.
+            assert_eq!(seq(1, 256).threads_for_units::<f32>(true), two);
+            assert_eq!(seq(1, 192).threads_for_units::<f32>(true), two);
+            assert_eq!(seq(1, 176).threads_for_units::<f32>(false), 1);
+            // A forward for a backward of several rows, a W_hh that a core holds, f64, a hidden size off the
+            // panels: not.
             assert_eq!(seq(7, 320).threads_for_units::<f32>(true), 1);
             assert_eq!(seq(7, 256).threads_for_units::<f32>(false), 1);
             assert_eq!(seq(7, 320).threads_for_units::<f64>(false), 1);
