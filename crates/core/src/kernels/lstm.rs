@@ -89,7 +89,7 @@ impl LstmSeq {
         if threads > 1
             && let Some(packed) = w.packed()
         {
-            return self.forward_units(xp, w, packed, s0, out, keep, threads);
+            return self.forward_units(xp, (packed, &w.b_hh), s0, out, keep, threads);
         }
         let (b, t_len, h) = (self.batch, self.seq_len, self.hidden);
         let g4 = 4 * h;
@@ -156,8 +156,7 @@ impl LstmSeq {
     fn forward_units<T: Real>(
         &self,
         xp: &[T],
-        w: &Hidden<T>,
-        packed: &small::Packed<T>,
+        (packed, b_hh): (&small::Packed<T>, &[T]),
         s0: &[T],
         out: &mut [T],
         keep: bool,
@@ -235,7 +234,7 @@ impl LstmSeq {
                         &xp[row + units.start..row + g4],
                         h,
                         &hp[bi * 4 * nu..(bi + 1) * 4 * nu],
-                        &w.b_hh[units.start..],
+                        &b_hh[units.start..],
                         &c_prev[own..own + nu],
                         &mut gates,
                         c_next,
