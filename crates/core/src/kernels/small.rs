@@ -36,10 +36,22 @@ impl<T: Real> Packed<T> {
     /// `B = W^T` for `W [n, k]`, `W[j, i] = src[j * stride + i]`.
     pub fn transposed(src: &[T], k: usize, n: usize, stride: usize) -> Self {
         Self::pack(k, n, |p, panel| {
-            for c in 0..NR.min(n - p * NR) {
-                let row = &src[(p * NR + c) * stride..(p * NR + c) * stride + k];
-                for (i, &v) in row.iter().enumerate() {
-                    panel[i * NR + c] = v;
+            let w = NR.min(n - p * NR);
+            let row = |c: usize| &src[(p * NR + c) * stride..(p * NR + c) * stride + k];
+            if w == NR {
+                // A full panel row by row of the panel: 16 streams read, one written (W's rows one at a time,
+                // scattered into the panel, took 1.7 times as long).
+                let rows: [&[T]; NR] = std::array::from_fn(row);
+                for (i, out) in panel.chunks_exact_mut(NR).enumerate() {
+                    for (o, r) in out.iter_mut().zip(&rows) {
+                        *o = r[i];
+                    }
+                }
+            } else {
+                for c in 0..w {
+                    for (i, &v) in row(c).iter().enumerate() {
+                        panel[i * NR + c] = v;
+                    }
                 }
             }
         })
