@@ -13,7 +13,9 @@
 //! With `lengths`, row b runs its first `lengths[b]` steps only: past them its state is carried unchanged and
 //! its output is zero, as PyTorch's packed sequences (see [`Lengths`]).
 
-use super::{Hidden, Inner, Lengths, Mat, Real, StepBarrier, Team, blocks, blocks_mut, matmul, simd_fn, small};
+use super::{
+    Hidden, Inner, Lengths, Mat, Real, SharedMut, StepBarrier, Team, blocks, blocks_mut, matmul, simd_fn, small,
+};
 
 /// Bytes of `W_hh` above which a forward without a backward shares the hidden units among the threads instead
 /// of the batch ([`LstmSeq::forward_units`]): 1.5 MiB, most of a 2 MiB L2. On a 2-core Xeon with AVX-512 and
@@ -21,20 +23,6 @@ use super::{Hidden, Inner, Lengths, Mat, Real, StepBarrier, Team, blocks, blocks
 /// 4.2-5.2 to 3.7 ms at batch 1 (where each step's product was split by a join); at H = 256 (1 MiB, which
 /// each core holds whole) cutting the batch is as fast.
 const UNITS_ABOVE: usize = 3 << 19;
-
-/// A pointer that the threads of [`LstmSeq::forward_units`] share; each writes only its own elements.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-
-impl<T> Shared<T> {
-    /// The pointer (a method, so that closures capture the whole `Shared`, which is Send, not its field).
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-// SAFETY: see `LstmSeq::forward_units`: the threads write disjoint elements between two rounds of the barrier.
-unsafe impl<T: Send> Send for Shared<T> {}
-unsafe impl<T: Sync> Sync for Shared<T> {}
 
 /// What the backward needs from the forward, time-major. Without a backward, each buffer holds the latest
 /// step only (`c` the latest two).
@@ -73,12 +61,12 @@ impl LstmSeq {
     fn threads_for_units<T: Real>(&self, keep: bool) -> usize {
         let h = self.hidden;
         let bytes = 4 * h * h * std::mem::size_of::<T>();
-        let one_row = self.batch == 1 && 4 * h * h >= small::SPLIT_WORK;
+        let one_row = self.batch == 1 && 4 * h * h >= super::SPLIT_WORK;
         let large = !keep && bytes > UNITS_ABOVE;
         if !(one_row || large) || !small::available::<T>() || !h.is_multiple_of(small::NR) {
             return 1;
         }
-        if !super::share(self.batch * self.seq_len * 4 * h * h, 1 << 22) {
+        if !super::share(self.batch * self.seq_len * 4 * h * h, super::UNITS_WORK) {
             return 1;
         }
         rayon::current_num_threads().min(h / small::NR)
@@ -180,8 +168,9 @@ impl LstmSeq {
         let units = |i: usize, n: usize| (i * panels / n * small::NR)..((i + 1) * panels / n * small::NR);
         let barrier = StepBarrier::new(threads);
         let team = Team::new();
-        let (c_ptr, h_ptr, out_ptr) = (Shared(cs.as_mut_ptr()), Shared(hs.as_mut_ptr()), Shared(out.as_mut_ptr()));
-        let (g_ptr, tc_ptr) = (Shared(saved_gates.as_mut_ptr()), Shared(tcs.as_mut_ptr()));
+        let (c_ptr, h_ptr, out_ptr) =
+            (SharedMut::new(cs.as_mut_ptr()), SharedMut::new(hs.as_mut_ptr()), SharedMut::new(out.as_mut_ptr()));
+        let (g_ptr, tc_ptr) = (SharedMut::new(saved_gates.as_mut_ptr()), SharedMut::new(tcs.as_mut_ptr()));
         let run = |units: std::ops::Range<usize>| {
             let nu = units.len();
             let mut hp = vec![T::zero(); b * 4 * nu];
@@ -194,12 +183,7 @@ impl LstmSeq {
                 // t + 1's state, of `out` and of the kept gates and tanh(c) (row bi's at bi * h + units,
                 // (bi * t_len + t) * h + units, (t * b + bi) * 4H + g * H + units and (t * b + bi) * h + units),
                 // so the slices made here overlap nothing that another thread writes meanwhile.
-                let (h_prev, c_prev) = unsafe {
-                    (
-                        std::slice::from_raw_parts(h_ptr.get().add(prev) as *const T, b * h),
-                        std::slice::from_raw_parts(c_ptr.get().add(prev) as *const T, b * h),
-                    )
-                };
+                let (h_prev, c_prev) = unsafe { (h_ptr.slice(prev, b * h), c_ptr.slice(prev, b * h)) };
                 for g in 0..4 {
                     // SAFETY: hp holds b rows of 4 * nu: gate g's columns go to nu of them, g * nu on.
                     let dst = unsafe { hp.as_mut_ptr().add(g * nu) };
@@ -212,9 +196,9 @@ impl LstmSeq {
                     // SAFETY: this thread's units of row bi (see above).
                     let (h_next, c_next, o) = unsafe {
                         (
-                            std::slice::from_raw_parts_mut(h_ptr.get().add(next + own), nu),
-                            std::slice::from_raw_parts_mut(c_ptr.get().add(next + own), nu),
-                            std::slice::from_raw_parts_mut(out_ptr.get().add((bi * t_len + t) * h + units.start), nu),
+                            h_ptr.slice_mut(next + own, nu),
+                            c_ptr.slice_mut(next + own, nu),
+                            out_ptr.slice_mut((bi * t_len + t) * h + units.start, nu),
                         )
                     };
                     if !self.lengths.live(bi, t) {
@@ -226,7 +210,7 @@ impl LstmSeq {
                     let row = (bi * t_len + t) * g4;
                     let tc = if keep {
                         // SAFETY: this thread's units of row bi at step t (see above).
-                        unsafe { std::slice::from_raw_parts_mut(tc_ptr.get().add((t * b + bi) * h + units.start), nu) }
+                        unsafe { tc_ptr.slice_mut((t * b + bi) * h + units.start, nu) }
                     } else {
                         &mut tc_own[..]
                     };
@@ -246,7 +230,7 @@ impl LstmSeq {
                         for (g, part) in gates.chunks_exact(nu).enumerate() {
                             let at = (t * b + bi) * g4 + g * h + units.start;
                             // SAFETY: this thread's units of gate g, row bi, step t (see above).
-                            unsafe { std::slice::from_raw_parts_mut(g_ptr.get().add(at), nu) }.copy_from_slice(part);
+                            unsafe { g_ptr.slice_mut(at, nu) }.copy_from_slice(part);
                         }
                     }
                 }

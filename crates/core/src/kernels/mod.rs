@@ -379,6 +379,52 @@ macro_rules! blocks_mut {
 }
 pub(crate) use blocks_mut;
 
+/// A pointer that several threads use at once, each writing only its own elements of what it points to (the
+/// callers' SAFETY comments say which): Send and Sync so that closures run on other threads may hold it.
+pub(crate) struct SharedMut<T>(*mut T);
+
+impl<T> Clone for SharedMut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<T> {}
+
+// SAFETY: the threads that share one write disjoint elements (each user's SAFETY comments), and read only what
+// no thread writes meanwhile.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub fn new(ptr: *mut T) -> Self {
+        SharedMut(ptr)
+    }
+
+    /// The pointer (a method, so that closures capture the whole value, which is Send, not its field).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+
+    /// The `len` elements from `at`, for writing.
+    ///
+    /// # Safety
+    /// They must lie inside the allocation, and no other thread may access them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut<'a>(self, at: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+
+    /// The `len` elements from `at`, for reading.
+    ///
+    /// # Safety
+    /// They must lie inside the allocation, and no thread may write them while the slice lives.
+    pub unsafe fn slice<'a>(self, at: usize, len: usize) -> &'a [T] {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts(self.0.add(at) as *const T, len) }
+    }
+}
+
 /// A barrier for a fixed set of threads that step through a loop together (see [`lstm`]'s split forward),
 /// which spins for a while before yielding: a step of such a loop takes tens to hundreds of microseconds,
 /// far less than a futex sleep and wake-up round trip on a virtual machine. Each round also carries a vote,
@@ -615,6 +661,20 @@ pub(crate) fn in_serial() -> bool {
 /// the kernel's time); a tiny model (an LSTM of 16 over a batch of 4 x 6) took 1.2 ms a step on two threads
 /// against 0.37 ms on one.
 pub const SMALL_WORK: u64 = 1 << 20;
+
+/// The least work in a recurrent layer's pass (multiply-adds of its recurrence) for which the batch is cut into
+/// slices, one a thread: below about 256K the slices' wake-ups cost more than they save.
+pub(crate) const SLICE_WORK: usize = 1 << 18;
+
+/// The least `k * n` for which a product of one or two rows is split between threads: below it the join
+/// costs more than half the product (a GRU of 128 at batch 1, 49K, spent more time in the kernel than in user
+/// code when it split).
+pub(crate) const SPLIT_WORK: usize = 1 << 17;
+
+/// The least work in an LSTM's recurrence (multiply-adds over all steps) for which its hidden units are shared
+/// among threads stepping together (see `lstm::LstmSeq::forward_units`): 4M, some 50 microseconds on one
+/// core, against the few microseconds the threads take to join.
+pub(crate) const UNITS_WORK: usize = 1 << 22;
 
 /// Runs `f` with every kernel and parallel pass kept on the calling thread when `work` (see [`SMALL_WORK`]) is
 /// below the threshold, as is otherwise.

@@ -52,13 +52,16 @@ fn chunks<'a, T>(mut buf: &'a mut [T], slices: &[Range<usize>], per_row: usize) 
 
 impl<T: Real, K: Inner<T>> Projected<T, K> {
     fn slices(&self) -> Vec<Range<usize>> {
-        // One slice where the call is small or already runs on one thread (see `kernels::share`): below about
-        // 256K multiply-adds in the recurrence, the slices' wake-ups cost more than they save.
+        // One slice where the call is small or already runs on one thread (see `kernels::share` and
+        // `kernels::SLICE_WORK`).
         let work = self.batch * self.seq_len * K::GATES * self.hidden * (self.hidden + 1);
         // Or one slice whose hidden units the recurrence shares among the threads itself.
         let units = <K as Inner<T>>::unit_threads(&self.inner, self.keep) > 1;
-        let n =
-            if !units && super::share(work, 1 << 18) { rayon::current_num_threads().min(self.batch).max(1) } else { 1 };
+        let n = if !units && super::share(work, super::SLICE_WORK) {
+            rayon::current_num_threads().min(self.batch).max(1)
+        } else {
+            1
+        };
         (0..n).map(|i| (i * self.batch / n)..((i + 1) * self.batch / n)).collect()
     }
 
@@ -78,7 +81,7 @@ impl<T: Real, K: Inner<T>> Projected<T, K> {
             // A batch of one or two splits each step's product between the threads (`small::matmul`): the pass
             // then runs inside the pool, so that a split is a join between its threads, not a hand-off from
             // this thread and back at every step.
-            if self.batch <= 2 && super::share(self.hidden * K::GATES * self.hidden, super::small::SPLIT_WORK) {
+            if self.batch <= 2 && super::share(self.hidden * K::GATES * self.hidden, super::SPLIT_WORK) {
                 return rayon::scope(|_| run());
             }
             return run();

@@ -9,7 +9,7 @@
 //! variants give the same bits. On x86-64 without AVX2 and FMA, or for f64, [`matmul`] returns false and the
 //! caller uses the general GEMM.
 
-use super::Real;
+use super::{Real, SharedMut};
 
 /// Columns per packed panel: one AVX-512 vector of f32, two AVX ones, four NEON ones.
 pub(crate) const NR: usize = 16;
@@ -74,11 +74,6 @@ impl<T: Real> Packed<T> {
     }
 }
 
-/// The least `k * n` for which a product of one or two rows is split between two threads: below it the join
-/// costs more than half the product (a GRU of 128 at batch 1, 49K, spent more time in the kernel than in user
-/// code when it split).
-pub(crate) const SPLIT_WORK: usize = 1 << 17;
-
 /// Whether [`matmul`] has a micro-kernel for this CPU and type.
 pub(crate) fn available<T: 'static>() -> bool {
     if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() {
@@ -112,10 +107,13 @@ pub(crate) fn matmul<T: Real>(
         let panels = n.div_ceil(NR);
         // One or two rows (a batch of one, not already cut into per-thread slices): the product reads all of B
         // for very little arithmetic, so two threads each take half the panels (and half of B in their cache),
-        // where B is large enough to pay for the join ([`SPLIT_WORK`]).
-        let split = m <= 2 && panels >= 16 && super::share(k * n, SPLIT_WORK);
-        let (a, b, dst) =
-            (Ptr(a.as_ptr() as *mut f32), Ptr(b.data.as_ptr() as *mut f32), Ptr(dst.as_mut_ptr() as *mut f32));
+        // where B is large enough to pay for the join ([`super::SPLIT_WORK`]).
+        let split = m <= 2 && panels >= 16 && super::share(k * n, super::SPLIT_WORK);
+        let (a, b, dst) = (
+            SharedMut::new(a.as_ptr() as *mut f32),
+            SharedMut::new(b.data.as_ptr() as *mut f32),
+            SharedMut::new(dst.as_mut_ptr() as *mut f32),
+        );
         let run = |p0: usize, p1: usize| {
             // SAFETY: T is f32 (`available`), so the casts are identities; every access stays inside the
             // slices (the assertion above and the packed layout); the two halves write disjoint columns; the
@@ -240,20 +238,6 @@ fn chunks(panels: std::ops::Range<usize>, k: usize, always: bool) -> impl Iterat
     let size = if chunked { PANEL_CHUNK } else { panels.len().max(1) };
     panels.step_by(size).map(move |p| p..(p + size).min(end))
 }
-
-/// A pointer handed to the threads of [`matmul`], which write disjoint parts of what it points to.
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-
-impl Ptr {
-    /// The pointer (a method, so that closures capture the whole `Ptr`, which is Send, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-// SAFETY: see `matmul`: the threads read shared inputs and write disjoint columns.
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::{Real, with_host};
+use crate::kernels::{Real, SharedMut, with_host};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -378,21 +378,6 @@ fn adam_chunks(n: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
     }
 }
 
-/// A pointer to an update pass's output, which the chunks write in disjoint ranges.
-#[derive(Clone, Copy)]
-struct Out<T>(*mut T);
-// SAFETY: each chunk of a pass writes its own range of the buffer (see `adam_chunks`).
-unsafe impl<T: Send> Send for Out<T> {}
-unsafe impl<T: Send> Sync for Out<T> {}
-impl<T> Out<T> {
-    /// `len` elements from `at`: the caller's range, disjoint from every other chunk's.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn range(&self, at: usize, len: usize) -> &mut [T] {
-        // SAFETY: see the type: in bounds (the caller's range is inside the buffer) and not aliased.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
-    }
-}
-
 /// The moments' pass: `[m; v]` in place from the gradient (and, for L2 decay, the parameter).
 struct AdamMoments<'a, T>(&'a AdamConsts<T>);
 
@@ -416,10 +401,10 @@ impl<T: Real> candle_core::InplaceOp3 for AdamMoments<'_, T> {
         if gs.len() != n || mv.len() != 2 * n {
             candle_core::bail!("adam: {} moments for {n} values and {} gradients", mv.len(), gs.len());
         }
-        let out = Out(mv.as_mut_ptr());
+        let out = SharedMut::new(mv.as_mut_ptr());
         adam_chunks(n, |r| {
             // SAFETY: m's range and v's range (n further on) of this chunk, which no other chunk touches.
-            let (ms, vs) = unsafe { (out.range(r.start, r.len()), out.range(n + r.start, r.len())) };
+            let (ms, vs) = unsafe { (out.slice_mut(r.start, r.len()), out.slice_mut(n + r.start, r.len())) };
             adam_moments(self.0, &ps[r.clone()], &gs[r], ms, vs);
         });
         Ok(())
@@ -447,10 +432,10 @@ impl<T: Real> candle_core::InplaceOp2 for AdamParams<'_, T> {
         if mv.len() != 2 * n {
             candle_core::bail!("adam: {} moments for {n} values", mv.len());
         }
-        let out = Out(ps.as_mut_ptr());
+        let out = SharedMut::new(ps.as_mut_ptr());
         adam_chunks(n, |r| {
             // SAFETY: this chunk's range of p, which no other chunk touches.
-            let po = unsafe { out.range(r.start, r.len()) };
+            let po = unsafe { out.slice_mut(r.start, r.len()) };
             adam_params(self.0, &mv[r.clone()], &mv[n + r.start..n + r.end], po);
         });
         Ok(())
