@@ -13,15 +13,13 @@
 //! With `lengths`, row b runs its first `lengths[b]` steps only: past them its state is carried unchanged and
 //! its output is zero, as PyTorch's packed sequences (see [`Lengths`]).
 
-use super::{
-    Hidden, Inner, Lengths, Mat, Real, SharedMut, StepBarrier, Team, blocks, blocks_mut, matmul, simd_fn, small,
-};
+use super::{Hidden, Inner, Lengths, Mat, Real, SharedMut, Team, blocks, blocks_mut, matmul, simd_fn, small};
 
 /// Bytes of `W_hh` above which a forward without a backward shares the hidden units among the threads instead
 /// of the batch ([`LstmSeq::forward_units`]): 1.5 MiB, most of a 2 MiB L2. On a 2-core Xeon with AVX-512 and
-/// 2 MiB of L2 a core, an LSTM of 512 (4 MiB) over 50 steps went from 23-25 to 22 ms at batch 32 and from
-/// 4.2-5.2 to 3.7 ms at batch 1 (where each step's product was split by a join); at H = 256 (1 MiB, which
-/// each core holds whole) cutting the batch is as fast.
+/// 2 MiB of L2 a core, an LSTM of 512 (4 MiB) over 50 steps went from 23-25 to 22 ms at batch 32; at H = 256
+/// (1 MiB, which each core holds whole) cutting the batch is as fast. (A batch of one row shares its units at
+/// any size from [`super::SPLIT_WORK`]: at H = 512 that took an inference from 4.2-5.2 to 3.7 ms.)
 const UNITS_ABOVE: usize = 3 << 19;
 
 /// What the backward needs from the forward, time-major. Without a backward, each buffer holds the latest
@@ -72,6 +70,15 @@ impl LstmSeq {
         rayon::current_num_threads().min(h / small::NR)
     }
 
+    /// The initial state `s0 [B, 2H]` (h and c side by side) into step 0 of `hs` and `cs`.
+    fn start<T: Real>(&self, s0: &[T], hs: &mut [T], cs: &mut [T]) {
+        let h = self.hidden;
+        for bi in 0..self.batch {
+            hs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h..bi * 2 * h + h]);
+            cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
+        }
+    }
+
     fn forward<T: Real>(&self, xp: &[T], w: &Hidden<T>, s0: &[T], out: &mut [T], keep: bool) -> Saved<T> {
         let threads = self.threads_for_units::<T>(keep);
         if threads > 1
@@ -90,10 +97,7 @@ impl LstmSeq {
         let at = |t: usize| if keep { t } else { 0 };
         let state = |t: usize| if keep { t } else { t % 2 };
         let mut hp = vec![T::zero(); b * g4];
-        for bi in 0..b {
-            hs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h..bi * 2 * h + h]);
-            cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
-        }
+        self.start(s0, &mut hs, &mut cs);
         for t in 0..t_len {
             if self.cancel.is_set() {
                 break;
@@ -136,9 +140,9 @@ impl LstmSeq {
     }
 
     /// A forward over the whole batch whose hidden units are shared among up to `threads` threads (see
-    /// [`LstmSeq::threads_for_units`] for where): each makes its units' gates (its columns of `h W_hh^T`, its rows of `W_hh` kept in its own
-    /// cache from step to step) and their `c` and `h` for every row, and the threads meet at a barrier after
-    /// every step, when each needs the whole of `h`. Cutting the batch instead, every thread would read all of
+    /// [`LstmSeq::threads_for_units`] for where): each makes its units' gates (its columns of `h W_hh^T`, its
+    /// rows of `W_hh` kept in its own cache from step to step) and their `c` and `h` for every row, and the
+    /// threads meet after every step ([`Team::steps`]), when each needs the whole of `h`. Cutting the batch instead, every thread would read all of
     /// `W_hh` at every step: from the shared cache or memory once it outgrows a core's. The same bits as the
     /// batch-cut forward (every element is made by the same operations in the same order).
     fn forward_units<T: Real>(
@@ -159,14 +163,10 @@ impl LstmSeq {
         let mut cs = vec![T::zero(); states * b * h];
         let mut hs = vec![T::zero(); states * b * h];
         let state = |t: usize| if keep { t } else { t % 2 };
-        for bi in 0..b {
-            hs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h..bi * 2 * h + h]);
-            cs[bi * h..(bi + 1) * h].copy_from_slice(&s0[bi * 2 * h + h..(bi + 1) * 2 * h]);
-        }
+        self.start(s0, &mut hs, &mut cs);
         let panels = h / small::NR;
         // The threads that join: a participant's share of the units, out of `n`.
         let units = |i: usize, n: usize| (i * panels / n * small::NR)..((i + 1) * panels / n * small::NR);
-        let barrier = StepBarrier::new(threads);
         let team = Team::new();
         let (c_ptr, h_ptr, out_ptr) =
             (SharedMut::new(cs.as_mut_ptr()), SharedMut::new(hs.as_mut_ptr()), SharedMut::new(out.as_mut_ptr()));
@@ -176,7 +176,7 @@ impl LstmSeq {
             let mut hp = vec![T::zero(); b * 4 * nu];
             let mut gates = vec![T::zero(); 4 * nu];
             let mut tc_own = vec![T::zero(); nu];
-            for t in 0..t_len {
+            team.steps(t_len, &self.cancel, |t| {
                 let (prev, next) = (state(t) * b * h, state(t + 1) * b * h);
                 // SAFETY: the state buffers hold `states` steps of b * h elements. Between two rounds of the
                 // barrier no thread writes step t's state (`prev`), and each writes only its own units of step
@@ -188,8 +188,9 @@ impl LstmSeq {
                     // SAFETY: hp holds b rows of 4 * nu: gate g's columns go to nu of them, g * nu on.
                     let dst = unsafe { hp.as_mut_ptr().add(g * nu) };
                     let cols = g * h + units.start..g * h + units.end;
-                    // SAFETY: as above; `threads_for_units` checked that the micro-kernel exists, so this writes.
-                    unsafe { small::matmul_columns(b, h_prev, h, packed, cols, dst, 4 * nu) };
+                    // SAFETY: as above.
+                    let done = unsafe { small::matmul_columns(b, h_prev, h, packed, cols, dst, 4 * nu) };
+                    assert!(done, "lstm: no small-product kernel for the shared forward");
                 }
                 for bi in 0..b {
                     let own = bi * h + units.start;
@@ -234,10 +235,7 @@ impl LstmSeq {
                         }
                     }
                 }
-                if barrier.wait(t, self.cancel.is_set()) {
-                    break;
-                }
-            }
+            });
         };
         // The helpers are jobs of the pool, whose threads sit on their own cores already. One that has not
         // started when the team closes (its thread busy elsewhere) does nothing: the others share its units.
@@ -249,7 +247,7 @@ impl LstmSeq {
                     }
                 });
             }
-            let n = team.close(threads, &barrier);
+            let n = team.close(threads);
             run(units(0, n));
         });
         Saved { gates: saved_gates, c: cs, h: hs, tc: tcs, keep }

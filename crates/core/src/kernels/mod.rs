@@ -425,7 +425,7 @@ impl<T> SharedMut<T> {
     }
 }
 
-/// A barrier for a fixed set of threads that step through a loop together (see [`lstm`]'s split forward),
+/// A barrier for a fixed set of threads that step through a loop together ([`Team::steps`]),
 /// which spins for a while before yielding: a step of such a loop takes tens to hundreds of microseconds,
 /// far less than a futex sleep and wake-up round trip on a virtual machine. Each round also carries a vote,
 /// so that every thread leaves the loop at the same step when one of them sees the call cancelled.
@@ -484,20 +484,22 @@ impl StepBarrier {
     }
 }
 
-/// The threads of a pool that join a call which steps through a loop with a [`StepBarrier`]: the caller, index 0,
-/// and the helper jobs it spawned that started before it closed the team. A helper whose thread was busy
-/// elsewhere must not be waited for (two such calls, each waiting on the other's threads, would wait for
+/// The threads of a pool that join a call which steps through a loop together ([`Team::steps`]): the caller,
+/// index 0, and the helper jobs it spawned that started before it closed the team. A helper whose thread was
+/// busy elsewhere must not be waited for (two such calls, each waiting on the other's threads, would wait for
 /// ever): it finds the team closed and does nothing, and the others share its work.
 pub(crate) struct Team {
     /// The members so far (the caller counts from the start), with [`Team::CLOSED`] set once closed.
     state: std::sync::atomic::AtomicUsize,
+    /// Counted in members once the team is closed (no member arrives before that).
+    barrier: StepBarrier,
 }
 
 impl Team {
     const CLOSED: usize = 1 << (usize::BITS - 1);
 
     pub fn new() -> Self {
-        Team { state: std::sync::atomic::AtomicUsize::new(1) }
+        Team { state: std::sync::atomic::AtomicUsize::new(1), barrier: StepBarrier::new(0) }
     }
 
     /// For a helper: its index and the number of members, once the caller closed the team; None where it was
@@ -517,9 +519,9 @@ impl Team {
         }
     }
 
-    /// For the caller: waits a little (200 microseconds at most) for `want` members, closes the team, sets
-    /// the barrier's count to the members there are and returns it.
-    pub fn close(&self, want: usize, barrier: &StepBarrier) -> usize {
+    /// For the caller: waits a little (200 microseconds at most) for `want` members, closes the team and returns
+    /// the number of members.
+    pub fn close(&self, want: usize) -> usize {
         use std::sync::atomic::Ordering::{AcqRel, Acquire};
         let start = std::time::Instant::now();
         while self.state.load(Acquire) < want && start.elapsed() < std::time::Duration::from_micros(200) {
@@ -527,8 +529,26 @@ impl Team {
         }
         let members = self.state.fetch_or(Self::CLOSED, AcqRel) & !Self::CLOSED;
         // Before this thread arrives at the barrier's first round, so that the last to arrive sees the count.
-        barrier.set_threads(members);
+        self.barrier.set_threads(members);
         members
+    }
+
+    /// For every member: runs `step(t)` for `t` in `0..steps`, all members meeting after each step. Every member
+    /// leaves at the same step once one of them sees `cancel` set or its step panics; the panic then goes on
+    /// from that member (left to itself, it would leave the others waiting at the barrier for ever).
+    pub fn steps(&self, steps: usize, cancel: &crate::cancel::Cancel, mut step: impl FnMut(usize)) {
+        let mut panic = None;
+        for t in 0..steps {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(t))) {
+                panic = Some(p);
+            }
+            if self.barrier.wait(t, panic.is_some() || cancel.is_set()) {
+                break;
+            }
+        }
+        if let Some(p) = panic {
+            std::panic::resume_unwind(p);
+        }
     }
 }
 
@@ -780,6 +800,57 @@ pub(crate) fn transpose<T: Real>(w: &[T], rows: usize, cols: usize, stride: usiz
 
 #[cfg(test)]
 mod tests {
+
+    /// A member whose step panics stops every member at that step (none is left waiting at the barrier), and
+    /// the panic reaches the caller; without one, every member runs every step.
+    #[test]
+    fn a_team_stops_together_when_a_member_panics() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for panic_at in [None, Some(4)] {
+            let done = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+            let members = AtomicUsize::new(0);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| {
+                    let team = super::Team::new();
+                    let run = |i: usize| {
+                        team.steps(10, &crate::cancel::Cancel::default(), |t| {
+                            if i == 0 && Some(t) == panic_at {
+                                panic!("step {t}");
+                            }
+                            done[i].fetch_add(1, Relaxed);
+                        })
+                    };
+                    rayon::scope(|s| {
+                        for _ in 1..3 {
+                            s.spawn(|_| {
+                                if let Some((i, _)) = team.join() {
+                                    run(i);
+                                }
+                            });
+                        }
+                        members.store(team.close(3), Relaxed);
+                        run(0);
+                    });
+                })
+            }));
+            let members = members.load(Relaxed);
+            assert!(members >= 1);
+            let steps: Vec<usize> = done.iter().take(members).map(|d| d.load(Relaxed)).collect();
+            match panic_at {
+                None => {
+                    assert!(outcome.is_ok());
+                    assert!(steps.iter().all(|&n| n == 10), "{steps:?}");
+                }
+                Some(at) => {
+                    assert!(outcome.is_err(), "the panic did not reach the caller");
+                    // Member 0 finished `at` steps; the others also the one where it panicked.
+                    assert_eq!(steps[0], at);
+                    assert!(steps[1..].iter().all(|&n| n == at + 1), "{steps:?}");
+                }
+            }
+        }
+    }
     use super::{dot_lanes, fast, max_lanes, sum_lanes};
 
     #[test]
